@@ -1,0 +1,351 @@
+"""Readers: one interface over every source, yielding `Series` one at a time.
+
+A reader knows its series ids and lengths cheaply (file headers, store metadata) and loads values only when a
+series is asked for, so memory stays bounded by one series whatever the corpus size. Large files are read
+lazily: .npy is memory-mapped, Zarr/HDF5 arrays are sliced.
+"""
+
+import csv
+import glob
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from data_catalog.series import Series
+from schemas.catalog import CatalogEntry, FileSource, GeneratorSource
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A file or series is unusable; the message names it and says what is wrong."""
+
+
+def check_values(values: np.ndarray, where: str, channels: int | None, non_finite: str = "reject") -> np.ndarray:
+    """Validate one series' values and return them as float32 (channels, time)."""
+    values = np.asarray(values)
+    if values.dtype == object or not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise DataError(f"{where}: values have dtype {values.dtype}, expected a real numeric dtype")
+    if np.iscomplexobj(values):
+        raise DataError(f"{where}: values are complex; store I/Q as two real channels")
+    if values.ndim == 1:
+        values = values[None, :]
+    if values.ndim != 2:
+        raise DataError(f"{where}: expected (time,) or (channels, time), got shape {values.shape}")
+    if values.shape[1] == 0:
+        raise DataError(f"{where}: empty series (0 samples)")
+    if channels is not None and values.shape[0] != channels:
+        raise DataError(f"{where}: has {values.shape[0]} channels, the catalog declares {channels}")
+    values = values.astype(np.float32, copy=False)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        if non_finite == "reject":
+            raise DataError(
+                f"{where}: {int(bad.sum())} non-finite samples (NaN/Inf); set non_finite: interpolate "
+                "in the catalog entry to fill them"
+            )
+        values = _interpolate_non_finite(values, bad, where)
+    return values
+
+
+def _interpolate_non_finite(values: np.ndarray, bad: np.ndarray, where: str) -> np.ndarray:
+    values = values.copy()
+    time = np.arange(values.shape[1])
+    for channel in range(values.shape[0]):
+        good = ~bad[channel]
+        if not good.any():
+            raise DataError(f"{where}: channel {channel} has no finite sample to interpolate from")
+        values[channel, ~good] = np.interp(time[~good], time[good], values[channel, good])
+    return values
+
+
+class SeriesReader:
+    """Base reader: ids and lengths up front, values on demand. Subclasses implement `_load(i)`."""
+
+    def __init__(self, entry: CatalogEntry, ids: list[str], lengths: list[int], metadata: list[dict]):
+        self.entry = entry
+        self.ids = ids
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.metadata = metadata
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Series:
+        values, rate = self._load(i)
+        where = f"data set {self.entry.name!r}, series {self.ids[i]!r}"
+        non_finite = getattr(self.entry.source, "non_finite", "reject")
+        values = check_values(values, where, self.entry.channels, non_finite)
+        rate = self.entry.sampling_rate if rate is None else rate
+        if rate is None or not rate > 0:
+            raise DataError(f"{where}: no positive sampling rate (set sampling_rate in the catalog entry)")
+        return Series(self.ids[i], values, rate, dict(self.metadata[i]))
+
+    def __iter__(self) -> Iterator[Series]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def _load(self, i: int) -> tuple[np.ndarray, float | None]:
+        """Values of series i, and its sampling rate where the file states one (else None)."""
+        raise NotImplementedError
+
+
+def split_of(index: int, count: int, test_fraction: float | None) -> str:
+    """Probe split by position: the last `test_fraction` of the series are the test split."""
+    if test_fraction is None:
+        return ""
+    return "test" if index >= round(count * (1 - test_fraction)) else "train"
+
+
+class GeneratorReader(SeriesReader):
+    """Generates series on the fly (used by `prepare`; everything else reads the prepared series store)."""
+
+    def __init__(self, entry: CatalogEntry):
+        from data_catalog.generators import GENERATORS
+
+        source: GeneratorSource = entry.source
+        self.spec = GENERATORS[source.generator]
+        self._cache: tuple[int, np.ndarray, int] | None = None
+        count = source.count
+        test_fraction = entry.probe.test_fraction if entry.probe else None
+        ids = [f"{entry.name}-{i:06d}" for i in range(count)]
+        # lengths of generated series are only known once generated; -1 marks "unknown"
+        metadata = [{"index": i, "split": split_of(i, count, test_fraction)} for i in range(count)]
+        super().__init__(entry, ids, [-1] * count, metadata)
+
+    def generate(self, i: int) -> tuple[np.ndarray, int]:
+        from data_catalog.generators import generate
+
+        source: GeneratorSource = self.entry.source
+        return generate(source.generator, i, source.seed, source.options)
+
+    def __getitem__(self, i: int) -> Series:
+        values, label = self.generate(i)
+        where = f"data set {self.entry.name!r}, series {self.ids[i]!r}"
+        values = check_values(values, where, self.entry.channels)
+        metadata = dict(self.metadata[i], label=int(label))
+        return Series(self.ids[i], values, self.entry.sampling_rate, metadata)
+
+
+class SeriesStoreReader(SeriesReader):
+    """Reads one data set (group) of the prepared Zarr series store: ragged series concatenated along `sample`."""
+
+    def __init__(self, entry: CatalogEntry, store_path: str | Path):
+        from data_catalog.series_store import open_series_group
+
+        self.group = open_series_group(store_path, entry)
+        self.values = self.group["values"]
+        self.offsets = self.group["offset"][:]
+        lengths = self.group["length"][:]
+        labels = self.group["label"][:]
+        splits = self.group["split"][:]
+        ids = [str(s) for s in self.group["series_id"][:]]
+        metadata = [{"label": int(labels[i]), "split": str(splits[i])} for i in range(len(ids))]
+        super().__init__(entry, ids, lengths, metadata)
+
+    def _load(self, i: int) -> tuple[np.ndarray, float | None]:
+        start = int(self.offsets[i])
+        return self.values[:, start : start + int(self.lengths[i])], None
+
+    def read_block(self, indices: range) -> list[Series]:
+        """Several consecutive series with one contiguous read (what the distillation loader uses)."""
+        start = int(self.offsets[indices.start])
+        stop = int(self.offsets[indices.stop - 1] + self.lengths[indices.stop - 1])
+        block = self.values[:, start:stop]
+        out = []
+        for i in indices:
+            a = int(self.offsets[i]) - start
+            values = block[:, a : a + int(self.lengths[i])]
+            out.append(Series(self.ids[i], values, self.entry.sampling_rate, dict(self.metadata[i])))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# File-based sources
+
+
+def resolve_paths(source: FileSource, data_root: Path, name: str) -> list[Path]:
+    """Expand the globs; refuse any path that leaves the data root (a catalog must not read arbitrary files)."""
+    root = data_root.resolve()
+    paths: list[Path] = []
+    for pattern in source.paths:
+        full = str(root / pattern)
+        matches = sorted(glob.glob(full, recursive=True)) or ([full] if not glob.has_magic(full) else [])
+        for match in matches:
+            path = Path(match).resolve()
+            if not path.is_relative_to(root):
+                raise DataError(f"data set {name!r}: path {pattern!r} resolves to {path}, outside data_root {root}")
+            if not path.exists():
+                raise DataError(f"data set {name!r}: file {path} does not exist")
+            paths.append(path)
+    if not paths:
+        raise DataError(f"data set {name!r}: no file matches {source.paths} under {root}")
+    return paths
+
+
+def _format_of(path: Path, source: FileSource) -> str:
+    if source.format:
+        return source.format
+    suffix = path.suffix.lower().lstrip(".")
+    return {"h5": "hdf5", "hdf": "hdf5", "miniseed": "mseed", "mseed": "mseed"}.get(suffix, suffix)
+
+
+def _open_array(path: Path, fmt: str, key: str | None):
+    """A lazily sliceable array-like for array formats (npy memory-mapped, npz member, Zarr, HDF5)."""
+    try:
+        if fmt == "npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        if fmt == "npz":
+            archive = np.load(path, allow_pickle=False)
+            if key is None:
+                if len(archive.files) != 1:
+                    raise DataError(f"{path}: holds arrays {archive.files}; set `key` in the catalog entry")
+                key = archive.files[0]
+            return archive[key]
+        if fmt == "zarr":
+            import zarr
+
+            node = zarr.open(str(path), mode="r")
+            array = node if key is None else node[key]
+            if array.dtype == object:
+                raise DataError(f"{path}: array {key!r} has object dtype, which is refused")
+            return array
+        if fmt == "hdf5":
+            import h5py
+
+            file = h5py.File(path, "r")
+            if key is None:
+                names = list(file.keys())
+                if len(names) != 1:
+                    raise DataError(f"{path}: holds datasets {names}; set `key` in the catalog entry")
+                key = names[0]
+            return file[key]
+    except DataError:
+        raise
+    except ImportError as exc:
+        raise DataError(f"{path}: reading {fmt} needs an optional package ({exc.name}); pip install "
+                        "'step-pipeline[readers]'") from exc
+    except Exception as exc:  # corrupt or truncated files surface as many exception types
+        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
+    raise DataError(f"{path}: unsupported format {fmt!r}")
+
+
+def _read_whole(path: Path, fmt: str) -> tuple[np.ndarray, float | None]:
+    """Formats read one whole series per file: csv, wav/flac, edf, mseed. Returns (channels, time), rate."""
+    try:
+        if fmt == "csv":
+            values = np.genfromtxt(path, delimiter=",", dtype=np.float64, skip_header=_csv_header_lines(path))
+            return np.atleast_2d(values.T if values.ndim == 2 else values), None
+        if fmt in ("wav", "flac"):
+            import soundfile
+
+            values, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+            return values.T, float(rate)
+        if fmt == "edf":
+            import pyedflib
+
+            with pyedflib.EdfReader(str(path)) as edf:
+                rates = {edf.getSampleFrequency(i) for i in range(edf.signals_in_file)}
+                if len(rates) != 1:
+                    raise DataError(f"{path}: EDF channels have different rates {sorted(rates)}")
+                values = np.stack([edf.readSignal(i) for i in range(edf.signals_in_file)])
+                return values, float(rates.pop())
+        if fmt == "mseed":
+            import obspy
+
+            stream = obspy.read(str(path))
+            length = min(len(trace.data) for trace in stream)
+            return np.stack([trace.data[:length] for trace in stream]), float(stream[0].stats.sampling_rate)
+    except DataError:
+        raise
+    except ImportError as exc:
+        raise DataError(f"{path}: reading {fmt} needs an optional package ({exc.name}); pip install "
+                        "'step-pipeline[readers]'") from exc
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
+    raise DataError(f"{path}: unsupported format {fmt!r}")
+
+
+def _csv_header_lines(path: Path) -> int:
+    with open(path, newline="") as handle:
+        first = handle.readline()
+    try:
+        [float(cell) for cell in first.strip().split(",")]
+        return 0
+    except ValueError:
+        return 1
+
+
+def _read_labels(path: Path) -> dict[str, dict]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "series_id" not in rows[0] or "label" not in rows[0]:
+        raise DataError(f"{path}: labels file needs columns series_id,label[,split]")
+    return {row["series_id"]: {"label": int(row["label"]), "split": row.get("split") or ""} for row in rows}
+
+
+class FileReader(SeriesReader):
+    """Series read in place from files; ids are file stems (plus `:k` for the k-th series of a stacked array)."""
+
+    def __init__(self, entry: CatalogEntry, data_root: Path):
+        source: FileSource = entry.source
+        self.items: list[tuple[Path, str, str | None, int | None]] = []  # (path, format, key, index in stack)
+        ids, lengths = [], []
+        for path in resolve_paths(source, data_root, entry.name):
+            fmt = _format_of(path, source)
+            if fmt in ("npy", "npz", "zarr", "hdf5"):
+                keys = [source.key]
+                if fmt == "npz" and source.key is None and not source.stacked:
+                    try:
+                        keys = list(np.load(path, allow_pickle=False).files)
+                    except Exception as exc:
+                        raise DataError(f"{path}: cannot read as npz: {exc}") from exc
+                for key in keys:
+                    array = _open_array(path, fmt, key)
+                    stem = path.stem if key is None or len(keys) == 1 else f"{path.stem}:{key}"
+                    if source.stacked:
+                        if array.ndim not in (2, 3):
+                            raise DataError(f"{path}: stacked array must be (series, [channels,] time), "
+                                            f"got shape {array.shape}")
+                        for k in range(array.shape[0]):
+                            self.items.append((path, fmt, key, k))
+                            ids.append(f"{stem}:{k}")
+                            lengths.append(array.shape[-1])
+                    else:
+                        self.items.append((path, fmt, key, None))
+                        ids.append(stem)
+                        lengths.append(array.shape[-1])
+            else:
+                self.items.append((path, fmt, None, None))
+                ids.append(path.stem)
+                lengths.append(-1)  # known once read
+        metadata = [{"source_file": str(item[0])} for item in self.items]
+        if source.labels_file:
+            labels = _read_labels(resolve_paths(FileSource(paths=[source.labels_file]), data_root, entry.name)[0])
+            for series_id, meta in zip(ids, metadata):
+                if series_id not in labels:
+                    raise DataError(f"data set {entry.name!r}: series {series_id!r} has no row in {source.labels_file}")
+                meta.update(labels[series_id])
+        elif entry.role == "probe":
+            raise DataError(f"data set {entry.name!r} is a probe task but its source has no labels_file")
+        if entry.probe is not None:  # files without a split column: the last test_fraction are the test split
+            for i, meta in enumerate(metadata):
+                meta["split"] = meta.get("split") or split_of(i, len(ids), entry.probe.test_fraction)
+        super().__init__(entry, ids, lengths, metadata)
+
+    def _load(self, i: int) -> tuple[np.ndarray, float | None]:
+        path, fmt, key, index = self.items[i]
+        if fmt in ("npy", "npz", "zarr", "hdf5"):
+            array = _open_array(path, fmt, key)
+            try:
+                values = np.asarray(array[index] if index is not None else array[...])
+            except Exception as exc:  # truncated files fail when the data is touched
+                raise DataError(f"{path}: cannot read series {self.ids[i]!r}: {exc}") from exc
+            return values, None
+        values, rate = _read_whole(path, fmt)
+        declared = self.entry.sampling_rate
+        if rate is not None and declared is not None and abs(rate - declared) > 1e-6 * rate:
+            raise DataError(f"{path}: sampling rate {rate} Hz differs from the catalog's {declared} Hz")
+        return values, rate

@@ -1,0 +1,109 @@
+"""The series store: generated data sets materialised once by `step-pipeline prepare` into one Zarr v3 store.
+
+Layout, one group per data set (open with `xarray.open_zarr(path, group=NAME, consolidated=True)`):
+  values     (channel, sample)  float32  every series of the set concatenated along time, no padding
+  offset     (series,)          int64    where series i starts in `sample`
+  length     (series,)          int64    its number of samples
+  series_id  (series,)          <U       the ids every feature store and report uses
+  label      (series,)          int32    class index, -1 when unlabelled
+  split      (series,)          <U       "train" / "test" for probe sets, "" otherwise
+Group attrs hold the catalog entry and its hash; a group is rewritten when its entry changes, skipped otherwise.
+"""
+
+import hashlib
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from data_catalog.readers import GeneratorReader
+from schemas.catalog import CatalogEntry
+
+log = logging.getLogger(__name__)
+COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def entry_hash(entry: CatalogEntry) -> str:
+    """Hash of everything in a catalog entry that changes the generated series."""
+    payload = entry.model_dump(mode="json", exclude={"description"})
+    if payload.get("probe"):
+        payload["probe"].pop("baseline", None)  # a recorded score does not change the data
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_series_group(store_path: str | Path, entry: CatalogEntry) -> zarr.Group:
+    """The prepared group of `entry`, refusing one that is missing, incomplete or from another entry."""
+    try:
+        group = zarr.open_group(str(store_path), mode="r", path=entry.name, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise FileNotFoundError(
+            f"{store_path}: no group {entry.name!r}; run `step-pipeline prepare` first"
+        ) from exc
+    if not group.attrs.get("complete"):
+        raise RuntimeError(f"{store_path}/{entry.name}: incomplete (prepare was interrupted); rerun prepare")
+    if group.attrs.get("entry_hash") != entry_hash(entry):
+        raise RuntimeError(
+            f"{store_path}/{entry.name}: prepared from a different catalog entry; rerun `step-pipeline prepare`"
+        )
+    return group
+
+
+def write_dataset(store_path: str | Path, entry: CatalogEntry, chunk_samples: int) -> bool:
+    """Generate `entry` into its group, streaming (memory: one chunk of samples). Returns False if up to date."""
+    root = zarr.open_group(str(store_path), mode="a", use_consolidated=False)
+    if entry.name in root:
+        existing = root[entry.name]
+        if existing.attrs.get("complete") and existing.attrs.get("entry_hash") == entry_hash(entry):
+            log.info("%s: up to date, skipped", entry.name)
+            return False
+        shutil.rmtree(Path(store_path) / entry.name)  # stale or half-written: rebuild from scratch
+    reader = GeneratorReader(entry)
+    group = root.create_group(entry.name)
+    n, channels = len(reader), entry.channels
+    values = group.create_array(
+        "values", shape=(channels, 0), chunks=(channels, chunk_samples), dtype="float32",
+        compressors=[COMPRESSOR], dimension_names=("channel", "sample"),
+    )
+    offsets, lengths, labels = np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int32)
+    buffer, buffered, written = [], 0, 0
+    for i, series in enumerate(tqdm(reader, total=n, desc=f"prepare {entry.name}", unit="series")):
+        offsets[i], lengths[i], labels[i] = written + buffered, series.length, series.metadata["label"]
+        buffer.append(series.values)
+        buffered += series.length
+        if buffered >= chunk_samples:  # flush whole chunks only, so appends stay chunk-aligned
+            block = np.concatenate(buffer, axis=1)
+            whole = (block.shape[1] // chunk_samples) * chunk_samples
+            values.append(block[:, :whole], axis=1)
+            buffer, buffered, written = [block[:, whole:]], block.shape[1] - whole, written + whole
+    if buffered:
+        values.append(np.concatenate(buffer, axis=1), axis=1)
+    ids = np.array(reader.ids)
+    splits = np.array([meta["split"] for meta in reader.metadata])
+    for name, data in (("offset", offsets), ("length", lengths), ("label", labels),
+                       ("series_id", ids), ("split", splits)):
+        group.create_array(name, data=data, dimension_names=("series",))
+    group.attrs.update({
+        "entry": entry.model_dump(mode="json"), "entry_hash": entry_hash(entry), "domain": entry.domain,
+        "sampling_rate": entry.sampling_rate, "unit": entry.unit, "complete": True,
+    })
+    return True
+
+
+def prepare(store_path: str | Path, entries: list[CatalogEntry], chunk_samples: int) -> list[str]:
+    """Materialise every generator entry; drop groups no longer in the catalog. Returns the rebuilt names."""
+    store_path = Path(store_path)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    rebuilt = [entry.name for entry in entries if write_dataset(store_path, entry, chunk_samples)]
+    root = zarr.open_group(str(store_path), mode="a", use_consolidated=False)
+    for name in set(root.group_keys()) - {entry.name for entry in entries}:
+        log.info("%s: no longer in the catalog, removed from %s", name, store_path)
+        shutil.rmtree(store_path / name)
+    with warnings.catch_warnings():  # zarr warns that consolidated metadata is an extension of the v3 spec
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(store_path))
+    return rebuilt

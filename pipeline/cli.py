@@ -1,0 +1,175 @@
+"""The `step-pipeline` command line: one subcommand per pipeline stage, plus catalog and store tools.
+
+Options take their help text from the pydantic field descriptions in schemas/, so there is one source of truth.
+"""
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, pretty_exceptions_show_locals=False)
+catalog_app = typer.Typer(help="List, show and validate the declared data sets.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+console = Console()
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (validated by schemas.params).")]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _catalog(path: Optional[Path], params: Path):
+    from data_catalog.catalog import load_catalog
+    from schemas.loading import ConfigError
+    from schemas.params import load_params
+
+    try:
+        if path is None:
+            path = Path(load_params(params).prepare.catalog) if params.exists() else None
+        return load_catalog(path) if path else load_catalog()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+CatalogOption = Annotated[Optional[Path], typer.Option("--catalog", help="Catalog file (default: from params).")]
+
+
+@catalog_app.command("list")
+def catalog_list(catalog: CatalogOption = None, params: ParamsOption = Path("params.yaml")) -> None:
+    """A table of the data sets: name, domain, role, count, length range, rate, channels."""
+    from data_catalog.catalog import open_reader
+    from schemas.params import load_params
+
+    cat = _catalog(catalog, params)
+    series_store = load_params(params).prepare.series_store if params.exists() else "data/series.zarr"
+    table = Table("name", "domain", "role", "count", "length", "rate (Hz)", "channels", "unit")
+    for entry in cat.datasets:
+        try:
+            reader = open_reader(entry, cat, series_store)
+            lengths = reader.lengths[reader.lengths >= 0]
+            count = str(len(reader))
+            length = f"{lengths.min()}-{lengths.max()}" if len(lengths) else "?"
+        except Exception:  # not prepared yet, or files absent: show what the catalog declares
+            count = str(getattr(entry.source, "count", "?"))
+            length = "(not prepared)"
+        table.add_row(entry.name, entry.domain, entry.role, count, length, f"{entry.sampling_rate:g}",
+                      str(entry.channels), entry.unit)
+    console.print(table)
+
+
+@catalog_app.command("show")
+def catalog_show(name: str, catalog: CatalogOption = None, params: ParamsOption = Path("params.yaml")) -> None:
+    """Print one catalog entry in full (YAML)."""
+    import yaml
+
+    cat = _catalog(catalog, params)
+    try:
+        entry = cat.get(name)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    console.print(yaml.safe_dump(entry.model_dump(mode="json"), sort_keys=False), highlight=False)
+
+
+@catalog_app.command("validate")
+def catalog_validate(file: Annotated[Optional[Path], typer.Argument(help="Catalog file.")] = None,
+                     params: ParamsOption = Path("params.yaml")) -> None:
+    """Validate a catalog file; errors name the file, the field path and what is wrong."""
+    cat = _catalog(file, params)
+    console.print(f"ok: {len(cat.datasets)} data sets")
+
+
+@app.command()
+def prepare(params: ParamsOption = Path("params.yaml")) -> None:
+    """Materialise the generated data sets into the Zarr series store (skips those already up to date)."""
+    from schemas.loading import ConfigError
+    from stages import prepare as stage
+
+    try:
+        stage.run(str(params))
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def extract(
+    teacher: Annotated[Optional[list[str]], typer.Option("--teacher", help="Teacher(s) from params extract.teachers "
+                                                         "(default: all).")] = None,
+    dataset: Annotated[Optional[list[str]], typer.Option("--dataset", help="Data set(s) (default: params "
+                                                         "extract.datasets, else every catalog data set).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Override the teacher's device (cpu, cuda).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Override the teacher's batch size.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a store made with another configuration "
+                                            "(otherwise it is refused).")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Stream every segment through a teacher into its Zarr feature store (resumes where a run stopped)."""
+    from data_catalog.readers import DataError
+    from pipeline.feature_store import StoreLockedError, StoreMismatchError
+    from schemas.loading import ConfigError
+    from stages import extract as stage
+
+    try:
+        stage.run(str(params), teacher, dataset, overwrite=overwrite, device=device, batch_size=batch_size)
+    except (ConfigError, DataError, StoreMismatchError, StoreLockedError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A feature store (data/features/<teacher>.zarr).")],
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw feature statistics to this PNG.")] = None,
+) -> None:
+    """Groups, dims, chunking, codec, size on disk, compression ratio, manifest and feature statistics."""
+    from pipeline.feature_store import describe_store, plot_store
+
+    if not path.exists():
+        fail(f"{path}: no such store")
+    console.print(describe_store(path), highlight=False)
+    if plot is not None:
+        plot_store(path, plot)
+        console.print(f"plot written to {plot}")
+
+
+@app.command()
+def distill(
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint (same result as an unbroken run).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="Override distill.device (cpu, cuda, auto).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Override distill.max_steps.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Train the STEP student from the feature stores (no teacher is loaded) into distill.output_dir."""
+    from pipeline.distill.loader import StoreCoverageError
+    from schemas.loading import ConfigError
+    from stages import distill as stage
+
+    try:
+        stage.run(str(params), resume=resume, device=device, max_steps=max_steps)
+    except (ConfigError, StoreCoverageError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
+    """Linear probes on frozen embeddings for every probe task: distilled vs random vs teachers vs scratch."""
+    from schemas.loading import ConfigError
+    from stages import evaluate as stage
+
+    try:
+        stage.run(str(params))
+    except (ConfigError, FileNotFoundError) as exc:
+        fail(str(exc))

@@ -1,0 +1,1 @@
+"""Stage two: train the STEP student from cached teacher features (no teacher is ever loaded here)."""

@@ -1,0 +1,296 @@
+"""Batches for distillation: raw segments from the series readers, targets from every teacher's feature store.
+
+Why blocks: Zarr reads one sample at a time at ~150 samples/s here, so the loader reads whole store chunks
+("blocks": the same segment range in every store), shuffles within a buffer of several blocks and prefetches
+blocks in a background thread. The order of everything (blocks, rows, batches, crops) is a pure function of
+(seed, epoch), computed from metadata alone, so `--resume` can skip to any step without reading a byte and
+reproduce the uninterrupted run exactly.
+"""
+
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data_catalog.readers import SeriesReader
+from data_catalog.segments import Segment, segment_series
+from pipeline.extract import SegmentValues, known_lengths
+from pipeline.feature_store import FeatureStore
+from schemas.manifest import config_hash
+
+log = logging.getLogger(__name__)
+
+
+class StoreCoverageError(RuntimeError):
+    """A feature store does not match what the params name (stale, foreign, incomplete or misaligned)."""
+
+
+@dataclass
+class DataSet:
+    """One training data set: its reader, its segments and where they sit in the stores."""
+
+    name: str
+    reader: SeriesReader
+    segments: list[Segment]
+    sampling_rate: float
+    n_blocks: int
+    block_size: int
+    token_rate: dict[str, float]  # per teacher
+
+
+@dataclass
+class Batch:
+    """Student input and per-teacher targets for segments of one data set.
+
+    values (batch, channels, time) zero-padded, lengths (batch,); per teacher: targets (batch, tokens, feature)
+    standardised, zero-padded, and n_tokens (batch,).
+    """
+
+    dataset: str
+    segment_ids: list[str]
+    values: torch.Tensor
+    lengths: torch.Tensor
+    sampling_rate: float
+    targets: dict[str, torch.Tensor]
+    n_tokens: dict[str, torch.Tensor]
+
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda tensors: {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
+        return Batch(self.dataset, self.segment_ids, self.values.to(device), self.lengths.to(device),
+                     self.sampling_rate, move(self.targets), move(self.n_tokens))
+
+
+def is_validation(segment_id: str, fraction: float) -> bool:
+    """Held-out segments chosen by a hash of their id: stable across runs, spread over every data set."""
+    digest = hashlib.sha256(segment_id.encode()).digest()
+    return int.from_bytes(digest[:4], "little") / 2**32 < fraction
+
+
+def check_stores(stores: dict[str, FeatureStore], expected_config: dict[str, dict], segment_config: dict,
+                 datasets: list[DataSet]) -> None:
+    """Refuse any store that is incomplete, made with another configuration, or covers other segments."""
+    for name, store in stores.items():
+        manifest, where = store.manifest, f"feature store {store.path}"
+        if not manifest.complete:
+            raise StoreCoverageError(f"{where} is incomplete; rerun `step-pipeline extract --teacher {name}`")
+        wanted = config_hash(expected_config[name])
+        if manifest.config_hash != wanted:
+            raise StoreCoverageError(
+                f"{where} was made with config hash {manifest.config_hash} but params.yaml's extract.teachers."
+                f"{name} hashes to {wanted} (a stale store after a teacher change); rerun `step-pipeline extract "
+                f"--teacher {name} --overwrite` or `dvc repro`"
+            )
+        if manifest.segment != segment_config:
+            raise StoreCoverageError(f"{where} was segmented with {manifest.segment}, params say {segment_config}")
+        for data in datasets:
+            if data.name not in manifest.groups:
+                raise StoreCoverageError(f"{where} has no data set {data.name!r}; run extract for it")
+            stored = store.segment_ids(data.name)
+            expected = [s.id for s in data.segments]
+            if list(stored) != expected:
+                raise StoreCoverageError(
+                    f"{where}, data set {data.name!r}: its {len(stored)} segment ids differ from the "
+                    f"{len(expected)} segments of the series store; re-extract"
+                )
+    block_sizes = {store.manifest.compression.chunk_segments for store in stores.values()}
+    if len(block_sizes) != 1:
+        raise StoreCoverageError(f"feature stores use different chunk_segments {sorted(block_sizes)}")
+
+
+class DistillationData:
+    """Plans and reads distillation batches. `epoch_plan` is metadata only; `batches` does the I/O."""
+
+    def __init__(self, datasets: list[DataSet], stores: dict[str, FeatureStore], batch_size: int,
+                 shuffle_blocks: int, prefetch_blocks: int, val_fraction: float, seed: int,
+                 crop_min_fraction: float | None = None):
+        self.datasets = {d.name: d for d in datasets}
+        self.stores = stores
+        self.batch_size, self.shuffle_blocks, self.prefetch = batch_size, shuffle_blocks, prefetch_blocks
+        self.seed, self.crop_min_fraction = seed, crop_min_fraction
+        self.teachers = list(stores)
+        self.mean = {k: s.manifest.feature_mean for k, s in stores.items()}
+        self.std = {k: s.manifest.feature_std for k, s in stores.items()}
+        self.mean = {k: torch.tensor(v, dtype=torch.float32) for k, v in self.mean.items()}
+        self.std = {k: torch.tensor(v, dtype=torch.float32).clamp_min(1e-6) for k, v in self.std.items()}
+        self.val_rows = {d.name: np.array([is_validation(s.id, val_fraction) for s in d.segments], bool)
+                         for d in datasets}
+        self.blocks = [(d.name, b) for d in datasets for b in range(d.n_blocks)]
+
+    @property
+    def n_train(self) -> int:
+        return int(sum((~rows).sum() for rows in self.val_rows.values()))
+
+    def block_rows(self, dataset: str, block: int) -> range:
+        data = self.datasets[dataset]
+        return range(block * data.block_size, min((block + 1) * data.block_size, len(data.segments)))
+
+    def epoch_plan(self, epoch: int) -> list[tuple[list[tuple[str, int]], list[tuple[str, np.ndarray]]]]:
+        """[(blocks to read, [(data set, segment rows of one batch), ...]), ...] for one training epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = [self.blocks[i] for i in rng.permutation(len(self.blocks))]
+        plan = []
+        for start in range(0, len(order), self.shuffle_blocks):
+            buffer = order[start : start + self.shuffle_blocks]
+            batches = []
+            for dataset in sorted({name for name, _ in buffer}):  # a batch holds one data set (one channel count)
+                rows = np.concatenate([np.array(self.block_rows(name, b)) for name, b in buffer if name == dataset])
+                rows = rows[~self.val_rows[dataset][rows]]
+                rows = rows[rng.permutation(len(rows))]
+                batches += [(dataset, rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
+            plan.append((buffer, [batches[i] for i in rng.permutation(len(batches))]))
+        return plan
+
+    def validation_plan(self) -> list[tuple[list[tuple[str, int]], list[tuple[str, np.ndarray]]]]:
+        plan = []
+        for name, block in self.blocks:
+            rows = np.array(self.block_rows(name, block))
+            rows = rows[self.val_rows[name][rows]]
+            if len(rows):
+                plan.append(([(name, block)], [(name, rows[i : i + self.batch_size])
+                                               for i in range(0, len(rows), self.batch_size)]))
+        return plan
+
+    def read_block(self, dataset: str, block: int) -> dict:
+        """Raw values of the block's segments and every teacher's (standardised) tokens: one chunk per store."""
+        data = self.datasets[dataset]
+        rows = self.block_rows(dataset, block)
+        values_of = SegmentValues(data.reader)
+        values = [values_of(data.segments[r]) for r in rows]
+        targets, n_tokens = {}, {}
+        for teacher, store in self.stores.items():
+            features, counts, _ = store.read_chunk(dataset, block)
+            features = (torch.from_numpy(np.nan_to_num(features)) - self.mean[teacher]) / self.std[teacher]
+            targets[teacher], n_tokens[teacher] = features, torch.from_numpy(counts.astype(np.int64))
+        return {"first_row": rows.start, "values": values, "targets": targets, "n_tokens": n_tokens}
+
+    def _prefetched(self, plan) -> Iterator[tuple[dict, list]]:
+        """Read the plan's blocks in a background thread, `prefetch_blocks` buffers ahead."""
+        if self.prefetch == 0:
+            for buffer, batches in plan:
+                yield {b: self.read_block(*b) for b in buffer}, batches
+            return
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def read_all():
+            try:
+                for buffer, batches in plan:
+                    if stop.is_set():
+                        return
+                    ready.put(({b: self.read_block(*b) for b in buffer}, batches))
+                ready.put(None)
+            except BaseException as exc:  # re-raised in the consumer
+                ready.put(exc)
+
+        thread = threading.Thread(target=read_all, name="distill-prefetch", daemon=True)
+        thread.start()
+        try:
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.1)
+
+    def batches(self, plan, skip: int = 0, crop_seed: int | None = None) -> Iterator[Batch]:
+        """Materialise the plan's batches, skipping the first `skip` (resume) without reading their blocks."""
+        index = 0
+        to_read = []
+        for buffer, batches in plan:
+            if index + len(batches) <= skip:
+                index += len(batches)
+                continue
+            to_read.append((buffer, batches))
+        first = skip - index
+        for blocks, batches in self._prefetched(to_read):
+            for dataset, rows in batches[max(first, 0):]:
+                index += 1
+                yield self._collate(dataset, rows, blocks, crop_seed, index)
+            first = 0
+
+    def _collate(self, dataset: str, rows: np.ndarray, blocks: dict, crop_seed: int | None, index: int) -> Batch:
+        data = self.datasets[dataset]
+        block_size = data.block_size
+        items = []
+        for row in rows:
+            block = blocks[(dataset, int(row) // block_size)]
+            k = int(row) - block["first_row"]
+            values = block["values"][k]
+            targets = {t: block["targets"][t][k, : int(block["n_tokens"][t][k])] for t in self.teachers}
+            items.append((data.segments[row].id, values, targets))
+        if crop_seed is not None and self.crop_min_fraction is not None:
+            rng = np.random.default_rng([crop_seed, index])
+            items = [self._crop(item, data, rng) for item in items]
+        lengths = torch.tensor([values.shape[1] for _, values, _ in items])
+        padded = torch.zeros(len(items), items[0][1].shape[0], int(lengths.max()))
+        for i, (_, values, _) in enumerate(items):
+            padded[i, :, : values.shape[1]] = torch.from_numpy(np.ascontiguousarray(values))
+        targets, n_tokens = {}, {}
+        for teacher in self.teachers:
+            counts = torch.tensor([item[2][teacher].shape[0] for item in items])
+            dim = items[0][2][teacher].shape[1]
+            stacked = torch.zeros(len(items), int(counts.max()), dim)
+            for i, item in enumerate(items):
+                stacked[i, : counts[i]] = item[2][teacher]
+            targets[teacher], n_tokens[teacher] = stacked, counts
+        return Batch(dataset, [item[0] for item in items], padded, lengths, data.sampling_rate, targets, n_tokens)
+
+    def _crop(self, item, data: DataSet, rng: np.random.Generator):
+        """A random crop cut at token boundaries of the coarsest teacher, with every teacher's matching tokens.
+
+        Finer teachers keep the tokens lying wholly inside the crop, so all grids stay aligned to within one
+        of their own tokens.
+        """
+        segment_id, values, targets = item
+        coarsest = min(self.teachers, key=lambda t: data.token_rate[t])
+        n = targets[coarsest].shape[0]
+        keep = max(1, int(np.ceil(n * rng.uniform(self.crop_min_fraction, 1.0))))
+        if keep >= n:
+            return item
+        first = int(rng.integers(0, n - keep + 1))
+        seconds = (first / data.token_rate[coarsest], (first + keep) / data.token_rate[coarsest])
+        a = int(round(seconds[0] * data.sampling_rate))
+        b = min(values.shape[1], int(round(seconds[1] * data.sampling_rate)))
+        if b - a < 1:
+            return item
+        cropped = {}
+        for teacher, tokens in targets.items():
+            rate = data.token_rate[teacher]
+            i0 = int(np.ceil(seconds[0] * rate - 1e-9))
+            i1 = max(i0 + 1, int(np.floor(seconds[1] * rate + 1e-9)))
+            cropped[teacher] = tokens[i0 : min(i1, tokens.shape[0])]
+            if cropped[teacher].shape[0] == 0:
+                return item
+        return segment_id, values[:, a:b], cropped
+
+
+def open_training_data(datasets, catalog, series_store: str, stores: dict[str, FeatureStore],
+                       max_samples: int) -> list[DataSet]:
+    """Segments of each training data set, with the block layout read from the stores."""
+    from data_catalog.catalog import open_reader
+
+    out = []
+    for entry in datasets:
+        reader = open_reader(entry, catalog, series_store)
+        segments = segment_series(reader.ids, known_lengths(reader), max_samples)
+        any_store = next(iter(stores.values()))
+        group = any_store.manifest.groups.get(entry.name)
+        rate = group.sampling_rate if group else float(entry.sampling_rate or reader[0].sampling_rate)
+        block_size = any_store.manifest.compression.chunk_segments
+        out.append(DataSet(
+            name=entry.name, reader=reader, segments=segments, sampling_rate=rate,
+            n_blocks=-(-len(segments) // block_size), block_size=block_size,
+            token_rate={k: s.manifest.groups[entry.name].token_rate if entry.name in s.manifest.groups else 0.0
+                        for k, s in stores.items()},
+        ))
+    return out

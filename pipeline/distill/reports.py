@@ -1,0 +1,91 @@
+"""What distillation leaves for people: metrics (JSON) and loss curves (CSV, PNG) for DVC, and a model card."""
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_reports(directory: Path, history: dict, teachers: list[str], wall_seconds: float, seen: int) -> dict:
+    """metrics.json (dvc metrics), train_loss.csv / val_loss.csv (dvc plots) and loss_curves.png."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_csv(directory / "train_loss.csv", history["train"])
+    _write_csv(directory / "val_loss.csv", history["val"])
+    last_train = history["train"][-1]
+    tail = history["train"][-20:]  # the last step alone is noisy: report the mean over the last 20 steps
+    metrics = {
+        "steps": last_train["step"],
+        "wall_seconds": round(wall_seconds, 1),
+        "segments_per_second": round(seen / wall_seconds, 2) if wall_seconds > 0 else None,
+        "train_loss": {name: round(sum(r[name] for r in tail) / len(tail), 5) for name in ["total", *teachers]},
+        "val_loss": {name: round(history["val"][-1][name], 5) for name in ["total", *teachers]}
+        if history["val"] else {},
+        "first_val_loss": {name: round(history["val"][0][name], 5) for name in ["total", *teachers]}
+        if history["val"] else {},
+    }
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    figure, axes = plt.subplots(1, len(teachers) + 1, figsize=(4 * (len(teachers) + 1), 3.2), sharex=True)
+    for axis, name in zip(axes, ["total", *teachers]):
+        axis.plot([r["step"] for r in history["train"]], [r[name] for r in history["train"]], lw=0.8,
+                  alpha=0.7, label="train")
+        axis.plot([r["step"] for r in history["val"]], [r[name] for r in history["val"]], "o-", label="validation")
+        axis.set_title(name)
+        axis.set_xlabel("step")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(directory / "loss_curves.png", dpi=110)
+    plt.close(figure)
+    return metrics
+
+
+def write_model_card(output: Path, params, stores: dict, datasets: list[str], metrics: dict) -> None:
+    """README.md beside the weights: teachers, store config hashes, data, params, steps, final losses."""
+    teacher_rows = "\n".join(
+        f"| {name} | {s.manifest.kind} | {s.manifest.model_id} | {s.manifest.feature_dim} | "
+        f"`{s.manifest.config_hash}` | {metrics['val_loss'].get(name, float('nan')):.4f} |"
+        for name, s in stores.items()
+    )
+    card = f"""---
+library_name: transformers
+tags: [time-series, scientific-data, distillation, step]
+---
+# STEP student encoder
+
+A STEP encoder (learnable adaptive patching, statistics compensation, axial attention) distilled by
+step-pipeline from cached teacher features. Load it with
+
+```python
+import pipeline  # registers the STEP classes with transformers' Auto classes
+from transformers import AutoModel
+model = AutoModel.from_pretrained("{output}")
+embeddings = model.embed([series])  # list of (time,) or (channels, time) arrays -> (n, hidden)
+```
+
+## Teachers
+| teacher | kind | model | feature dim | store config hash | final validation loss |
+|---|---|---|---|---|---|
+{teacher_rows}
+
+## Training
+- data sets: {", ".join(datasets)}
+- steps: {metrics["steps"]}, wall time {metrics["wall_seconds"]} s, {metrics["segments_per_second"]} segments/s
+- final losses (validation): {json.dumps(metrics["val_loss"])}
+- student: {json.dumps(params.student.model_dump())}
+- distill params: {json.dumps(params.distill.model_dump(mode="json"))}
+"""
+    (output / "README.md").write_text(card)

@@ -1,0 +1,115 @@
+"""Catalog entries: what a data set is, where its series come from, and (for probes) how it is scored."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Domain = Literal[
+    "astronomy", "earth_science", "bioacoustics", "neuroscience", "radar", "audio", "physiology", "other"
+]
+FileFormat = Literal["npy", "npz", "csv", "wav", "flac", "zarr", "hdf5", "edf", "mseed"]
+
+
+class GeneratorSource(BaseModel):
+    """Series made by one of `data_catalog.generators`; materialised by `step-pipeline prepare`."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["generator"] = "generator"
+    generator: str = Field(description="Name of the generator in data_catalog.generators.GENERATORS.")
+    seed: int = Field(description="Seed of this set; item i uses default_rng([seed, i]). Keep sets' seeds disjoint.")
+    count: int = Field(ge=1, description="Number of series to generate.")
+    options: dict = Field(default_factory=dict, description="Generator options (difficulty knobs, lengths).")
+
+
+class FileSource(BaseModel):
+    """Series read in place from files under the catalog's data root (never copied)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["files"] = "files"
+    paths: list[str] = Field(min_length=1, description="Glob patterns relative to the catalog's data_root.")
+    format: FileFormat | None = Field(None, description="File format; inferred from the suffix when omitted.")
+    key: str | None = Field(
+        None, description="Array inside the file: npz key, HDF5 dataset, Zarr array path. None: the only one."
+    )
+    stacked: bool = Field(
+        False,
+        description="The array holds many series: (series, time) or (series, channels, time). "
+        "Otherwise one file (or npz key) is one series of shape (time,) or (channels, time).",
+    )
+    labels_file: str | None = Field(
+        None, description="CSV (relative to data_root) with columns series_id,label[,split] for probe sets."
+    )
+    non_finite: Literal["reject", "interpolate"] = Field(
+        "reject", description="What to do with NaN/Inf samples: refuse the series, or interpolate linearly."
+    )
+
+
+Source = Annotated[GeneratorSource | FileSource, Field(discriminator="kind")]
+
+
+class BaselineScore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field(description="What the baseline is.")
+    score: float = Field(ge=0, le=1, description="Its score under the task's metric on the test split.")
+
+
+class ProbeSpec(BaseModel):
+    """How a labelled data set is scored by a linear probe on frozen embeddings."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(description="What the label means.")
+    class_names: list[str] = Field(min_length=2, description="Class names; label k is class_names[k].")
+    metric: Literal["binary_f1", "macro_f1"] = Field(description="binary_f1 (positive = label 1) or macro_f1.")
+    test_fraction: float = Field(0.5, gt=0, lt=1, description="Fraction of series (the last ones) held out as test.")
+    baseline: BaselineScore | None = Field(None, description="Score of a simple baseline, to show the task is hard.")
+
+    @model_validator(mode="after")
+    def _binary_needs_two_classes(self):
+        if self.metric == "binary_f1" and len(self.class_names) != 2:
+            raise ValueError(f"binary_f1 needs exactly 2 class_names, got {len(self.class_names)}")
+        return self
+
+
+class CatalogEntry(BaseModel):
+    """One declared data set."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="Unique name (lower case, digits, underscores).")
+    description: str = Field("", description="One line on what the data is.")
+    domain: Domain = Field(description="Scientific domain.")
+    role: Literal["pretrain", "probe"] = Field(description="pretrain: unlabelled distillation corpus; probe: task.")
+    source: Source = Field(description="Where the series come from.")
+    sampling_rate: float | None = Field(gt=0, description="Sampling rate in Hz.")
+    channels: int = Field(ge=1, description="Number of channels of every series.")
+    unit: str = Field(description="Physical unit of the values (e.g. strain, counts, V).")
+    probe: ProbeSpec | None = Field(None, description="Labels and scoring; required for role probe.")
+
+    @model_validator(mode="after")
+    def _probe_iff_role_probe(self):
+        if self.role == "probe" and self.probe is None:
+            raise ValueError(f"data set {self.name!r} has role 'probe' but no 'probe' section")
+        if self.role == "pretrain" and self.probe is not None:
+            raise ValueError(f"data set {self.name!r} has role 'pretrain' but a 'probe' section")
+        return self
+
+
+class Catalog(BaseModel):
+    """The whole catalog file."""
+
+    model_config = ConfigDict(extra="forbid")
+    data_root: str = Field("data/raw", description="Root of file-based data sets; file paths may not leave it.")
+    datasets: list[CatalogEntry] = Field(description="Declared data sets.")
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [entry.name for entry in self.datasets]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"data set names must be unique, repeated: {duplicates}")
+        return self
+
+    def get(self, name: str) -> CatalogEntry:
+        for entry in self.datasets:
+            if entry.name == name:
+                return entry
+        raise KeyError(f"no data set named {name!r} in the catalog (known: {[e.name for e in self.datasets]})")

@@ -1,0 +1,111 @@
+"""params.yaml: one section per stage. These models are the single source of truth for defaults and docs.
+
+`step-pipeline <stage> --help` and README's parameter tables are generated from the field descriptions here.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.loading import load_yaml_model
+from schemas.manifest import StoreCompression
+from schemas.teachers import TeacherSpec
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrepareParams(Section):
+    catalog: str = Field("data_catalog/catalog.yaml", description="Catalog file declaring the data sets.")
+    series_store: str = Field("data/series.zarr", description="Zarr store the generated data sets are written to.")
+    chunk_samples: int = Field(262144, ge=1024, description="Samples per chunk along time in the series store.")
+
+
+class SegmentParams(Section):
+    max_samples: int = Field(
+        131072, ge=16,
+        description="Series longer than this are cut into consecutive segments of at most this many samples "
+        "(ids `series@start`); teachers and student see segments. Bounds memory and token counts.",
+    )
+
+
+class ExtractParams(Section):
+    teachers: dict[str, TeacherSpec] = Field(description="Teachers by store name; one feature store each.")
+    datasets: list[str] | None = Field(
+        None, description="Data sets to extract (default: every catalog data set, pretrain and probe)."
+    )
+    store_dir: str = Field("data/features", description="Directory of the feature stores (<teacher>.zarr).")
+    compression: StoreCompression = Field(default_factory=StoreCompression, description="Store dtype and codecs.")
+    queue_size: int = Field(4, ge=1, description="Batches waiting for the writer thread (bounds memory).")
+
+
+class StudentParams(Section):
+    preset: Literal["cpu-small", "paper"] = Field("cpu-small", description="STEPConfig preset.")
+    overrides: dict = Field(default_factory=dict, description="STEPConfig fields that replace the preset's.")
+
+
+class CropParams(Section):
+    enabled: bool = Field(False, description="Random crops cut at teacher-token boundaries (augmentation).")
+    min_fraction: float = Field(0.5, gt=0, le=1, description="Shortest crop as a fraction of the segment.")
+
+
+class DistillParams(Section):
+    datasets: list[str] | None = Field(None, description="Training data sets (default: every pretrain set).")
+    teacher_weights: dict[str, float] = Field(
+        default_factory=dict, description="Loss weight per teacher (default 1.0 for every extracted teacher)."
+    )
+    alignment: Literal["force_stride", "interpolate"] = Field(
+        "force_stride",
+        description="force_stride: one student forward per teacher token grid, N forced to the teacher's "
+        "(the paper); interpolate: one forward, student tokens resampled to each grid.",
+    )
+    cosine_weight: float = Field(1.0, ge=0, description="Weight of (1 - cosine similarity) per token.")
+    smooth_l1_weight: float = Field(1.0, ge=0, description="Weight of smooth-L1 on standardised targets.")
+    smooth_l1_beta: float = Field(1.0, gt=0, description="Smooth-L1 transition point.")
+    patching_weight: float = Field(0.1, ge=0, description="Weight of the adaptive-patching penalties.")
+    batch_size: int = Field(16, ge=1, description="Segments per step.")
+    max_steps: int = Field(300, ge=1, description="Optimisation steps.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps before the cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr.")
+    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    seed: int = Field(0, description="Seed of initialisation, shuffling and crops.")
+    device: Literal["cpu", "cuda", "auto"] = Field("auto", description="Training device (auto: cuda if present).")
+    bf16: bool = Field(False, description="bf16 autocast for forward passes.")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Held-out fraction of segments for validation.")
+    val_every: int = Field(50, ge=1, description="Steps between validation losses.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    shuffle_blocks: int = Field(4, ge=1, description="Store chunks mixed in the shuffle buffer.")
+    prefetch_blocks: int = Field(2, ge=0, description="Chunks read ahead by the background loader.")
+    crop: CropParams = Field(default_factory=CropParams, description="Crop-consistent augmentation.")
+    output_dir: str = Field("models/step-student", description="Where the trained encoder is saved (HF format).")
+    checkpoint_dir: str = Field("models/checkpoints", description="Checkpoints for --resume.")
+    reports_dir: str = Field("reports", description="Metrics (JSON/CSV) and plots.")
+
+
+class EvaluateParams(Section):
+    datasets: list[str] | None = Field(None, description="Probe tasks (default: every probe data set).")
+    probe_c: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic-regression probe.")
+    scratch_steps: int = Field(150, ge=0, description="Steps of the from-scratch supervised baseline per task.")
+    scratch_batch_size: int = Field(32, ge=1, description="Batch size of the from-scratch baseline.")
+    batch_size: int = Field(32, ge=1, description="Embedding batch size.")
+    seed: int = Field(0, description="Seed of random-weight models and probes.")
+    reports_dir: str = Field("reports", description="Where metrics, tables and plots are written.")
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    prepare: PrepareParams = Field(default_factory=PrepareParams, description="`step-pipeline prepare`.")
+    segments: SegmentParams = Field(default_factory=SegmentParams, description="Segmenting of long series.")
+    extract: ExtractParams = Field(description="`step-pipeline extract`.")
+    student: StudentParams = Field(default_factory=StudentParams, description="The student architecture.")
+    distill: DistillParams = Field(default_factory=DistillParams, description="`step-pipeline distill`.")
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="`step-pipeline evaluate`.")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return load_yaml_model(path, Params)

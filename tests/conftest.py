@@ -1,0 +1,21 @@
+"""Shared test set-up: offline hub, caches in a temp dir, and a project-root working directory helper."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home_caches(tmp_path_factory, monkeypatch):
+    """mne, matplotlib and huggingface write caches under HOME: keep them out of the user's home."""
+    cache = tmp_path_factory.getbasetemp() / "home-caches"
+    monkeypatch.setenv("MPLCONFIGDIR", str(cache / "matplotlib"))
+    monkeypatch.setenv("HF_HOME", str(cache / "huggingface"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
