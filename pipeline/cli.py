@@ -29,7 +29,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    """Print a clear, unwrapped error (it names the file/field/series) and exit with status 2."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
 
 

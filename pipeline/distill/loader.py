@@ -90,7 +90,7 @@ def check_stores(stores: dict[str, FeatureStore], expected_config: dict[str, dic
         for data in datasets:
             if data.name not in manifest.groups:
                 raise StoreCoverageError(f"{where} has no data set {data.name!r}; run extract for it")
-            stored = store.segment_ids(data.name)
+            stored, _ = store.segments(data.name)
             expected = [s.id for s in data.segments]
             if list(stored) != expected:
                 raise StoreCoverageError(
@@ -204,16 +204,15 @@ class DistillationData:
 
     def batches(self, plan, skip: int = 0, crop_seed: int | None = None) -> Iterator[Batch]:
         """Materialise the plan's batches, skipping the first `skip` (resume) without reading their blocks."""
-        index = 0
-        to_read = []
+        to_read, skipped = [], 0
         for buffer, batches in plan:
-            if index + len(batches) <= skip:
-                index += len(batches)
+            if not to_read and skipped + len(batches) <= skip:  # whole buffer already trained on: not read
+                skipped += len(batches)
                 continue
             to_read.append((buffer, batches))
-        first = skip - index
+        first, index = skip - skipped, skip
         for blocks, batches in self._prefetched(to_read):
-            for dataset, rows in batches[max(first, 0):]:
+            for dataset, rows in batches[first:]:
                 index += 1
                 yield self._collate(dataset, rows, blocks, crop_seed, index)
             first = 0

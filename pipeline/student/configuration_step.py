@@ -1,0 +1,137 @@
+"""Configuration of the STEP student encoder.
+
+Every choice the STEP paper (arXiv 2603.18688) leaves open is a field here, with the default we picked and why.
+Two presets: "cpu-small" (the default, trains in minutes on 2 CPU cores) and "paper" (hidden 768, 12 blocks; the
+paper reports 17 blocks, use `STEPConfig.from_preset("paper", num_hidden_layers=17)` for that reading).
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+
+@strict
+class STEPConfig(PreTrainedConfig):
+    r"""
+    Transformer backbone (Whisper-style pre-LayerNorm encoder, GELU MLP, sinusoidal positions):
+        hidden_size: width of every token.
+        num_hidden_layers: number of blocks; each block is attention along time, attention along channels, MLP.
+        num_attention_heads: heads of both attentions.
+        intermediate_size: hidden width of the MLP.
+        dropout, attention_dropout: dropout on residual branches / attention weights (0 in the presets).
+        layer_norm_eps: epsilon of every LayerNorm.
+        max_timescale: longest period of the sinusoidal positions (Whisper uses 10000).
+        initializer_range: std of the normal init of attention/MLP weights (the front end uses fan-in init).
+
+    Convolutional front end (shared by all channels):
+        patch_points: P, points each Gaussian window is resampled to; divisible by 4 (two stride-2 convolutions).
+            32 resolves a window of 2 S samples at S = 16 without loss and averages longer ones.
+        front_end_channels: channels of the three 1-D convolutions that turn one (P,) patch into one token.
+
+    Learnable adaptive patching (LAP):
+        adaptive_patching: False = the paper's ablation, a constant stride `fixed_stride` for every series.
+        fixed_stride: stride in samples of the fixed-patch mode (16, PatchTST's patch length; the paper's ablation
+            value is not stated).
+        window_width_factor: beta, the window spans beta * S samples (paper: 2, so windows overlap by half).
+        window_std_fraction: Gaussian std as a fraction of the window span (0.25: the span is +-2 std). Unknown in
+            the paper.
+        stride_mlp_hidden_size: width of the MLP log T -> log(S - 1).
+        stride_mlp_uses_sampling_rate: also feed log10(sampling rate) and a "rate known" flag to the stride MLP
+            (off by default: the paper conditions on log T only).
+        initial_num_tokens: the stride MLP is a residual on the prior S - 1 = T / initial_num_tokens, so an
+            untrained model starts with about this many tokens at every length (64: inside the paper's 5..200
+            and cheap; without the prior a random MLP could ask for a million tokens at T = 1e7).
+        max_num_tokens: hard cap on N whatever the MLP says (attention is quadratic in N; 1024 keeps one series
+            under a second on a CPU); when it binds, S = T / max_num_tokens. The fixed-patch mode is capped too,
+            so it stays fixed up to T = fixed_stride * max_num_tokens.
+        stride_max, tokens_min, tokens_max: the paper's bounds S <= 400 and 5 <= N <= 200, enforced softly. Both
+            upper bounds cannot hold beyond T = 400 * 200 = 80,000; there the penalties trade one against the other.
+        patching_penalty_weight, patching_penalty_delta: weight and Huber delta of those penalties, applied to the
+            relative excess (S / stride_max - 1, 1 - N / tokens_min, N / tokens_max - 1) so that one weight and one
+            delta suit all three; N here is the continuous T / S so that the penalty has a gradient.
+
+    Statistics compensation (SCS):
+        stats_compensation: False = the paper's ablation, the raw signal is patched (no per-channel normalisation)
+            and no mean/std features are added.
+        stats_log_eps: eps of the signed log sign(x) * log1p(|x| / eps) applied to the mean and std.
+        stats_log_max: the largest magnitude expected; the signed log is divided by log1p(stats_log_max / eps)
+            so that features stay O(1) from 1e-21 (strain) to 1e9 (counts).
+        constant_channel_rtol, constant_channel_atol: a channel with std <= atol + rtol * |mean| is constant
+            (only float rounding varies): its normalised signal is 0 and its std feature is 0, never NaN.
+    """
+
+    model_type = "step"
+
+    # Transformer backbone
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    dropout: float | int = 0.0
+    attention_dropout: float | int = 0.0
+    layer_norm_eps: float = 1e-5
+    max_timescale: float | int = 10000.0
+    initializer_range: float = 0.02
+
+    # Convolutional front end
+    patch_points: int = 32
+    front_end_channels: int = 32
+
+    # Learnable adaptive patching
+    adaptive_patching: bool = True
+    fixed_stride: float | int = 16.0
+    window_width_factor: float | int = 2.0
+    window_std_fraction: float = 0.25
+    stride_mlp_hidden_size: int = 32
+    stride_mlp_uses_sampling_rate: bool = False
+    initial_num_tokens: int = 64
+    max_num_tokens: int = 1024
+    stride_max: float | int = 400.0
+    tokens_min: float | int = 5.0
+    tokens_max: float | int = 200.0
+    patching_penalty_weight: float | int = 1.0
+    patching_penalty_delta: float | int = 1.0
+
+    # Statistics compensation
+    stats_compensation: bool = True
+    stats_log_eps: float = 1e-24
+    stats_log_max: float = 1e9
+    constant_channel_rtol: float = 1e-6
+    constant_channel_atol: float = 1e-30
+
+    def validate_step_architecture(self):
+        """Reject settings the model cannot build or run with, naming the field."""
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.patch_points < 4 or self.patch_points % 4 != 0:
+            raise ValueError(f"patch_points ({self.patch_points}) must be a positive multiple of 4")
+        for name in ("fixed_stride", "window_width_factor", "window_std_fraction", "stats_log_eps", "stats_log_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_num_tokens < 1 or self.initial_num_tokens < 1:
+            raise ValueError("max_num_tokens and initial_num_tokens must be >= 1")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "STEPConfig":
+        """A named preset ("cpu-small" or "paper"), with any field overridden by keyword."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown STEP preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict] = {
+    # 1.1M parameters; forward + backward + AdamW on 32 single-channel series of 16k samples (64 tokens each)
+    # takes ~0.6-0.8 s on one CPU core.
+    "cpu-small": dict(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+        patch_points=32, front_end_channels=32,
+    ),
+    # The paper's width (768) with 12 blocks: 117M parameters. The paper reports 17 blocks (num_hidden_layers=17:
+    # 164M parameters); which count is right is not known.
+    "paper": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        patch_points=64, front_end_channels=256,
+    ),
+}

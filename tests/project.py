@@ -1,0 +1,55 @@
+"""A tiny but complete project (catalog, params, data paths) in a temp dir, shared by the stage tests."""
+
+from pathlib import Path
+
+import yaml
+
+TINY_STUDENT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                "front_end_channels": 16, "patch_points": 16}
+
+
+def tiny_catalog() -> dict:
+    def generated(name, generator, seed, count, rate, channels, unit, role="pretrain", probe=None, **options):
+        entry = {"name": name, "domain": "other", "role": role, "sampling_rate": rate, "channels": channels,
+                 "unit": unit, "source": {"kind": "generator", "generator": generator, "seed": seed, "count": count,
+                                          "options": options}}
+        if probe:
+            entry["probe"] = probe
+        return entry
+
+    sleep_probe = {"label": "stage", "class_names": ["W", "N1", "N2", "N3", "REM"], "metric": "macro_f1"}
+    radar_probe = {"label": "pulse", "metric": "macro_f1",
+                   "class_names": ["rectangular", "linear_fm", "barker_13", "frank", "costas"]}
+    return {"data_root": "raw", "datasets": [
+        generated("pre_sleep", "sleep_eeg", 11, 20, 100.0, 1, "V"),
+        generated("pre_radar", "radar_pulses", 12, 12, 2e6, 2, "V"),
+        generated("pre_long", "long_records", 13, 1, 100.0, 1, "counts", length=30000),
+        generated("probe_sleep", "sleep_eeg", 14, 20, 100.0, 1, "V", role="probe", probe=sleep_probe),
+        generated("probe_radar", "radar_pulses", 15, 20, 2e6, 2, "V", role="probe", probe=radar_probe),
+    ]}
+
+
+def tiny_params(root: Path) -> dict:
+    return {
+        "prepare": {"catalog": str(root / "catalog.yaml"), "series_store": str(root / "data/series.zarr"),
+                    "chunk_samples": 8192},
+        "segments": {"max_samples": 8192},
+        "extract": {"store_dir": str(root / "data/features"),
+                    "compression": {"chunk_segments": 8},
+                    "teachers": {"silero_vad": {"kind": "silero_vad"}, "fracast": {"kind": "fracast"},
+                                 "spectral": {"kind": "spectral"}}},
+        "student": {"preset": "cpu-small", "overrides": TINY_STUDENT},
+        "distill": {"max_steps": 6, "batch_size": 4, "val_every": 3, "checkpoint_every": 2, "warmup_steps": 2,
+                    "val_fraction": 0.2, "device": "cpu", "output_dir": str(root / "models/step-student"),
+                    "checkpoint_dir": str(root / "models/checkpoints"), "reports_dir": str(root / "reports")},
+        "evaluate": {"scratch_steps": 2, "reports_dir": str(root / "reports")},
+    }
+
+
+def write_project(root: Path, params: dict | None = None) -> Path:
+    """Write catalog.yaml and params.yaml under `root`; returns the params path."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "catalog.yaml").write_text(yaml.safe_dump(tiny_catalog(), sort_keys=False))
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params or tiny_params(root), sort_keys=False))
+    return path

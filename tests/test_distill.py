@@ -1,0 +1,122 @@
+"""Stage two on a tiny project: trains from stores alone, refuses stale stores, resumes exactly, writes reports."""
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from pipeline import STEPEncoder
+from pipeline.distill.loader import StoreCoverageError
+from pipeline.distill.train import distill
+from schemas.params import load_params
+from stages import extract as extract_stage
+from stages import prepare as prepare_stage
+from tests.project import write_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    params_path = write_project(root)
+    prepare_stage.run(str(params_path))
+    extract_stage.run(str(params_path))
+    return root, params_path
+
+
+def params_in(root, params_path, **distill_updates):
+    params = load_params(params_path)
+    params.distill = params.distill.model_copy(update=distill_updates)
+    return params
+
+
+def test_distill_trains_without_any_teacher(project, monkeypatch):
+    """No teacher adapter may be imported or built: importing pipeline.teachers during distill fails the test."""
+    root, params_path = project
+    for name in [m for m in sys.modules if m.startswith("pipeline.teachers")]:
+        monkeypatch.delitem(sys.modules, name)
+
+    class NoTeachers:
+        def find_spec(self, name, path=None, target=None):
+            if name.startswith("pipeline.teachers") or name in ("silero_vad", "fracast"):
+                raise AssertionError(f"distillation imported {name}")
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [NoTeachers(), *sys.meta_path])
+    metrics = distill(params_in(root, params_path))
+    assert metrics["steps"] == 6
+    assert set(metrics["val_loss"]) == {"total", "silero_vad", "fracast", "spectral"}
+    assert all(np.isfinite(v) for v in metrics["val_loss"].values())
+    output = root / "models/step-student"
+    assert (output / "model.safetensors").exists() and (output / "config.json").exists()
+    card = (output / "README.md").read_text()
+    assert "silero_vad" in card and "pre_long" in card
+    assert isinstance(AutoModel.from_pretrained(output), STEPEncoder)
+    reports = root / "reports/distill"
+    assert json.loads((reports / "metrics.json").read_text())["steps"] == 6
+    assert (reports / "train_loss.csv").read_text().count("\n") == 7
+    assert (reports / "loss_curves.png").stat().st_size > 1000
+
+
+def test_resume_after_kill_matches_uninterrupted_run(project, tmp_path, monkeypatch):
+    root, params_path = project
+    full = params_in(root, params_path, output_dir=str(tmp_path / "full"), checkpoint_dir=str(tmp_path / "ck_full"),
+                     reports_dir=str(tmp_path / "rep_full"))
+    distill(full)
+
+    killed = params_in(root, params_path, output_dir=str(tmp_path / "killed"),
+                       checkpoint_dir=str(tmp_path / "ck_killed"), reports_dir=str(tmp_path / "rep_killed"))
+    from pipeline.distill import train
+
+    original = train.save_checkpoint
+
+    def save_then_die(directory, model, heads, optimizer, step, history):
+        original(directory, model, heads, optimizer, step, history)
+        if step == 4:
+            raise KeyboardInterrupt("simulated kill after the step-4 checkpoint")
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        distill(killed)
+    monkeypatch.setattr(train, "save_checkpoint", original)
+    distill(killed, resume=True)
+
+    a, b = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "killed/model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    assert (tmp_path / "rep_full/distill/train_loss.csv").read_text() == (
+        tmp_path / "rep_killed/distill/train_loss.csv").read_text()
+
+
+@pytest.mark.parametrize("alignment", ["interpolate", "force_stride"])
+def test_alignments_and_crops_train(project, tmp_path, alignment):
+    root, params_path = project
+    params = params_in(root, params_path, alignment=alignment, max_steps=3, output_dir=str(tmp_path / "m"),
+                       checkpoint_dir=str(tmp_path / "c"), reports_dir=str(tmp_path / "r"))
+    params.distill.crop.enabled = True
+    metrics = distill(params)
+    assert np.isfinite(metrics["val_loss"]["total"])
+
+
+def test_stale_store_is_refused(project, tmp_path):
+    root, params_path = project
+    params = load_params(params_path)
+    spec = params.extract.teachers["spectral"]
+    params.extract.teachers["spectral"] = spec.model_copy(update={"window_seconds": spec.window_seconds * 2})
+    with pytest.raises(StoreCoverageError, match="spectral.*stale store after a teacher change"):
+        distill(params)
+
+
+def test_store_missing_a_data_set_is_refused(project, tmp_path):
+    root, params_path = project
+    params = load_params(params_path)
+    shutil.copytree(root / "data/features", tmp_path / "features")
+    params.extract.store_dir = str(tmp_path / "features")
+    params.segments.max_samples = 4096  # the stores were cut at 8192
+    with pytest.raises(StoreCoverageError, match="segmented with"):
+        distill(params)

@@ -1,0 +1,356 @@
+"""The STEP student encoder: shapes at every length, statistics compensation, adaptive patching, masking,
+Hugging Face round trip, ablation switches, the embed() API and the embedding store."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+import xarray as xr
+from huggingface_hub.errors import StrictDataclassClassValidationError
+
+from data_catalog.series import Series
+from pipeline import STEPConfig, STEPEncoder
+from pipeline.embed import embed_to_store, series_from_file
+from pipeline.student.configuration_step import PRESETS
+from pipeline.student.modeling_step import gaussian_windows, normalise_channels, patching_penalty, signed_log
+
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    patch_points=8, front_end_channels=8,
+)
+
+
+def tiny_model(seed: int = 0, **overrides) -> STEPEncoder:
+    torch.manual_seed(seed)
+    return STEPEncoder(STEPConfig(**{**TINY, **overrides})).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny: with 2 threads, synchronisation (and sharing the cores) costs more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> STEPEncoder:
+    return tiny_model()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shapes, finiteness, scale
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3, 58])
+@pytest.mark.parametrize("length", [1, 7, 33, 1000, 16384])
+def test_shapes_and_finiteness(model, length, channels):
+    values = torch.randn(2, channels, length)
+    with torch.no_grad():
+        out = model(values, torch.tensor([length, max(1, length // 2)]))
+    tokens = int(out.num_tokens.max())
+    assert out.last_hidden_state.shape == (2, channels, tokens, 32)
+    assert out.token_mask.shape == (2, tokens) and out.token_mask.dtype == torch.bool
+    assert out.token_mask.sum(1).tolist() == out.num_tokens.tolist()
+    assert out.pooled.shape == (2, 32)
+    assert out.patching_loss.shape == () and out.strides.shape == (2,)
+    assert torch.isfinite(out.last_hidden_state).all() and torch.isfinite(out.pooled).all()
+    assert (out.num_tokens >= 1).all()
+
+
+def test_million_samples(model):
+    values = torch.randn(1, 2, 1_000_000).cumsum(-1)
+    with torch.no_grad():
+        out = model(values)
+    assert torch.isfinite(out.pooled).all()
+    assert 5 <= int(out.num_tokens[0]) <= 200  # the untrained stride starts near initial_num_tokens
+
+
+def test_signed_log_spans_strain_to_counts():
+    x = torch.tensor([-1e9, -1.0, -1e-21, 0.0, 1e-21, 1e-12, 1.0, 1e6, 1e9], dtype=torch.float64)
+    y = signed_log(x, eps=1e-24, max_magnitude=1e9)
+    assert torch.all(y.diff() > 0)  # strictly increasing: 1e-21 is told apart from 0
+    assert y[-1] == pytest.approx(1.0) and y[0] == pytest.approx(-1.0) and y[3] == 0
+    assert y[4] > 0.05  # strain is not squashed to nothing
+
+
+def test_constant_and_extreme_channels_are_finite():
+    config = STEPConfig(**TINY)
+    time = 500
+    rng = np.random.default_rng(0)
+    channels = np.stack(
+        [
+            np.zeros(time),  # all zero
+            np.full(time, 3.7),  # constant
+            1e6 + 1e-3 * rng.standard_normal(time),  # near-constant: variation below float32 rounding of 1e6
+            1e-21 * rng.standard_normal(time),  # gravitational-wave strain
+            1e9 + 1e7 * rng.standard_normal(time),  # counts
+        ]
+    ).astype(np.float32)
+    values = torch.from_numpy(channels)[None]  # (1, 5, T)
+    padding = torch.zeros(1, 1, time, dtype=torch.bool)
+    signal, statistics = normalise_channels(values, torch.tensor([time]), padding, config)
+    assert torch.isfinite(signal).all() and torch.isfinite(statistics).all()
+    assert (signal[0, :3] == 0).all()  # constant channels become exactly 0
+    assert (statistics[0, :3, 1] == 0).all()  # and report std 0
+    assert signal[0, 3:].std(dim=-1).allclose(torch.ones(2, dtype=torch.float64), atol=1e-2)  # strain normalised
+    assert statistics.abs().max() <= 1.01
+    with torch.no_grad():
+        out = tiny_model()(values)
+    assert torch.isfinite(out.pooled).all()
+
+
+def test_affine_change_acts_only_through_statistics():
+    values = torch.randn(1, 3, 2000).cumsum(-1)
+    scaled = values * 1e3 - 7.0
+    model = tiny_model()
+    with torch.no_grad():
+        assert not torch.allclose(model(values).pooled, model(scaled).pooled, atol=1e-3)  # statistics see it
+        model.statistics_embedding.weight.zero_()
+        model.statistics_embedding.bias.zero_()
+        plain, affine = model(values), model(scaled)
+    torch.testing.assert_close(plain.last_hidden_state, affine.last_hidden_state, atol=2e-4, rtol=0)
+    torch.testing.assert_close(plain.strides, affine.strides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Adaptive patching
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_gradients_reach_the_stride_mlp():
+    model = tiny_model().train()
+    out = model(torch.randn(3, 2, 3000), torch.tensor([3000, 1200, 50]))
+    out.pooled.square().sum().backward()  # no patching loss: the gradient comes through the window positions
+    for name, parameter in model.stride_predictor.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_window_positions_are_differentiable():
+    """d patches / d stride from autograd agrees with a finite difference (the windows move smoothly with S).
+
+    S = 23.37 puts no window edge on a whole sample, where the held signal's integral has a kink."""
+    config = STEPConfig(**TINY)
+    signal = torch.randn(1, 2, 400, dtype=torch.float64).cumsum(-1)
+    lengths = torch.tensor([400])
+    stride = torch.tensor([23.37], dtype=torch.float64, requires_grad=True)
+    direction = torch.randn(1, 2, 10, config.patch_points)
+    (gaussian_windows(signal, lengths, stride, 10, config) * direction).sum().backward()
+    step = 1e-6
+    plus = (gaussian_windows(signal, lengths, stride.detach() + step, 10, config) * direction).sum()
+    minus = (gaussian_windows(signal, lengths, stride.detach() - step, 10, config) * direction).sum()
+    assert stride.grad.item() == pytest.approx(((plus - minus) / (2 * step)).item(), rel=1e-4)
+
+
+def test_window_points_are_sub_interval_means():
+    """Stride 4, span 8, P = 8: point p of window n is the mean of the ramp over a 1-sample sub-interval."""
+    config = STEPConfig(**{**TINY, "patch_points": 8})
+    ramp = torch.arange(64, dtype=torch.float64)[None, None]  # (1, 1, 64)
+    patches = gaussian_windows(ramp, torch.tensor([64]), torch.tensor([4.0], dtype=torch.float64), 16, config)
+    offsets = (torch.arange(8) + 0.5) / 8 - 0.5
+    taper = torch.exp(-0.5 * (offsets / config.window_std_fraction) ** 2)
+    untapered = patches[0, 0] / taper  # (16, 8)
+    # window n spans [4n - 2, 4n + 6); the sub-interval [a, a + 1) of the held ramp averages to a
+    expected = 4 * torch.arange(16)[:, None] - 2 + torch.arange(8)[None, :]
+    inside = (expected >= 0) & (expected < 64)
+    torch.testing.assert_close(untapered[inside], expected[inside].double())
+    assert (untapered[~inside] == 0).all()  # outside the series reads as 0
+
+
+def test_penalties_zero_inside_bounds_positive_outside():
+    config = STEPConfig(**TINY)
+    lengths = torch.tensor([100 * 50, 1000 * 50, 2 * 3, 10 * 300])
+    strides = torch.tensor([100.0, 1000.0, 2.0, 10.0], dtype=torch.float64)  # N = 50, 50, 3, 300
+    per_series = [patching_penalty(strides[i : i + 1], lengths[i : i + 1], config).item() for i in range(4)]
+    assert per_series[0] == 0  # S = 100, N = 50: inside
+    assert all(p > 0 for p in per_series[1:])  # S > 400; N < 5; N > 200
+    edge = patching_penalty(torch.tensor([400.0], dtype=torch.float64), torch.tensor([400 * 200]), config)
+    assert edge.item() == 0  # exactly on the bounds
+
+
+def test_penalty_is_zero_when_forced_or_fixed(model):
+    values = torch.randn(2, 1, 5)  # N <= 5 would be penalised by the adaptive stride
+    with torch.no_grad():
+        assert model(values).patching_loss > 0
+        assert model(values, num_tokens=torch.tensor([2, 3])).patching_loss == 0
+        assert tiny_model(adaptive_patching=False)(values).patching_loss == 0
+
+
+@pytest.mark.parametrize("num_tokens", [[1, 1], [5, 200], [37, 3], [1500, 2]])
+def test_forcing_the_token_count(model, num_tokens):
+    lengths = torch.tensor([3000, 777])
+    with torch.no_grad():
+        out = model(torch.randn(2, 2, 3000), lengths, num_tokens=torch.tensor(num_tokens))
+    assert out.num_tokens.tolist() == num_tokens
+    assert out.token_mask.sum(1).tolist() == num_tokens
+    assert out.last_hidden_state.shape[2] == max(num_tokens)
+    torch.testing.assert_close(out.strides, lengths / torch.tensor(num_tokens))
+
+
+def test_length_one_gives_one_valid_token(model):
+    with torch.no_grad():
+        out = model(torch.tensor([[[4.2]]]))
+    assert out.num_tokens.tolist() == [1] and torch.isfinite(out.pooled).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masking: padding never changes a result
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_mixed_length_batch_equals_one_at_a_time(model, forced):
+    lengths = [1000, 1, 33, 517, 7]
+    values = torch.full((5, 3, 1000), float("nan"))  # padding that would poison any result it touched
+    singles = []
+    for row, length in enumerate(lengths):
+        values[row, :, :length] = torch.randn(3, length) * (row + 1) + row
+    num_tokens = torch.tensor([40, 1, 6, 13, 2]) if forced else None
+    with torch.no_grad():
+        batch = model(values, torch.tensor(lengths), num_tokens=num_tokens)
+        for row, length in enumerate(lengths):
+            forced_row = None if num_tokens is None else num_tokens[row : row + 1]
+            singles.append(model(values[row : row + 1, :, :length], num_tokens=forced_row))
+    for row, single in enumerate(singles):
+        tokens = int(single.num_tokens[0])
+        assert int(batch.num_tokens[row]) == tokens
+        torch.testing.assert_close(batch.pooled[row], single.pooled[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            batch.last_hidden_state[row, :, :tokens], single.last_hidden_state[0], atol=1e-5, rtol=1e-5
+        )
+        assert (batch.last_hidden_state[row, :, tokens:] == 0).all()
+
+
+def test_same_weights_take_any_channel_count(model):
+    """Channels are exchangeable: permuting them permutes the per-channel features and keeps the embedding."""
+    values = torch.randn(1, 4, 500)
+    permutation = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        out, permuted = model(values), model(values[:, permutation])
+    torch.testing.assert_close(permuted.pooled, out.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(permuted.last_hidden_state, out.last_hidden_state[:, permutation], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hugging Face format, presets, ablations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip_is_exact_and_works_through_automodel(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").exists() and (tmp_path / "model.safetensors").exists()
+    loaded = transformers.AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is STEPEncoder
+    assert isinstance(transformers.AutoConfig.from_pretrained(tmp_path), STEPConfig)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    values = torch.randn(2, 3, 800)
+    with torch.no_grad():
+        assert torch.equal(model(values).pooled, loaded.eval()(values).pooled)
+
+
+def test_presets():
+    small = STEPConfig.from_preset("cpu-small")
+    paper = STEPConfig.from_preset("paper", num_hidden_layers=17)
+    assert (small.hidden_size, small.num_hidden_layers) == (128, 4)
+    assert (paper.hidden_size, paper.num_hidden_layers) == (768, 17)
+    assert STEPConfig().to_dict()["hidden_size"] == PRESETS["cpu-small"]["hidden_size"]  # the default is cpu-small
+    with torch.device("meta"):  # count parameters without allocating 100M+ of them
+        paper_parameters = sum(p.numel() for p in STEPEncoder(STEPConfig.from_preset("paper")).parameters())
+    assert 80e6 < paper_parameters < 150e6
+    with pytest.raises(ValueError, match="unknown STEP preset"):
+        STEPConfig.from_preset("huge")
+    with pytest.raises(StrictDataclassClassValidationError, match="multiple of num_attention_heads"):
+        STEPConfig(hidden_size=130)
+
+
+def test_adaptive_patching_switch():
+    adaptive, fixed = tiny_model(), tiny_model(adaptive_patching=False, fixed_stride=16.0)
+    assert any(name.startswith("stride_predictor.") for name, _ in adaptive.named_parameters())
+    assert not any(name.startswith("stride_predictor.") for name, _ in fixed.named_parameters())
+    with torch.no_grad():
+        out = fixed(torch.randn(2, 1, 1600), torch.tensor([1600, 160]))
+    assert out.strides.tolist() == [16.0, 16.0] and out.num_tokens.tolist() == [100, 10]
+
+
+def test_stats_compensation_switch():
+    with_stats, without = tiny_model(), tiny_model(stats_compensation=False)
+    assert hasattr(with_stats, "statistics_embedding") and with_stats.statistics_embedding is not None
+    assert without.statistics_embedding is None
+    assert sum(p.numel() for p in with_stats.parameters()) - sum(p.numel() for p in without.parameters()) == 3 * 32
+    values = torch.randn(1, 2, 1000)
+    with torch.no_grad():
+        # without normalisation a scale change reaches the front end directly
+        assert not torch.allclose(without(values).pooled, without(values * 1e3).pooled, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# embed() and the embedding store
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_embed_matches_forward_in_input_order(model):
+    rng = np.random.default_rng(0)
+    series = [rng.standard_normal(n).astype(np.float32) for n in (300, 5, 2000, 40, 301)]
+    series.insert(2, rng.standard_normal((3, 90)))  # a multichannel series in the middle, float64
+    embeddings = model.embed(series, batch_size=2)
+    assert embeddings.shape == (6, 32) and embeddings.dtype == np.float32
+    for i, x in enumerate(series):
+        x = torch.as_tensor(x, dtype=torch.float32).reshape(-1, np.shape(x)[-1])[None]
+        with torch.no_grad():
+            np.testing.assert_allclose(embeddings[i], model(x).pooled[0].numpy(), atol=1e-5)
+    assert model.embed([]).shape == (0, 32)
+
+
+def test_embed_restores_training_mode():
+    model = tiny_model().train()
+    model.embed([np.ones(10)])
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.array([1.0, np.nan, 2.0]), "series 1: non-finite value nan at channel 0, sample 1"),
+        (np.zeros((2, 3, 4)), r"series 1: expected shape \(time,\) or \(channels, time\)"),
+        (np.zeros((2, 0)), "series 1: empty"),
+        (np.array([1e40]), "series 1: non-finite value inf"),  # overflows float32
+    ],
+)
+def test_embed_rejects_bad_series_naming_them(model, bad, message):
+    with pytest.raises(ValueError, match=message):
+        model.embed([np.ones(10), bad])
+
+
+def test_embed_to_store_streams_blocks_readable_by_xarray(model, tmp_path):
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 400, size=37)
+    series = [Series(f"series-{i}" + "x" * (i % 4), rng.standard_normal((2, n)).astype(np.float32), 50.0)
+              for i, n in enumerate(lengths)]
+    output = embed_to_store(model, iter(series), tmp_path / "embeddings.zarr", batch_size=2)  # blocks of 16
+    store = xr.open_zarr(output, consolidated=True)
+    assert store.embedding.dims == ("series", "hidden") and store.embedding.shape == (37, 32)
+    assert store.embedding.dtype == np.float32
+    assert store.series_id.dtype.kind == "U"
+    assert list(store.series_id.values) == [s.id for s in series]
+    np.testing.assert_allclose(store.embedding.values, model.embed([s.values for s in series]), atol=1e-6)
+    assert store.attrs["model"] == "unsaved STEPEncoder" and store.attrs["hidden_size"] == 32
+
+
+def test_embed_to_store_names_a_bad_series_by_id(model, tmp_path):
+    series = [Series("good", np.ones((1, 10), np.float32), None), Series("broken", np.full((1, 5), np.inf), None)]
+    with pytest.raises(ValueError, match="series 'broken': non-finite"):
+        embed_to_store(model, series, tmp_path / "e.zarr")
+
+
+def test_series_from_file(tmp_path):
+    np.save(tmp_path / "rows.npy", np.arange(12, dtype=np.float32).reshape(3, 4))
+    np.savez(tmp_path / "members.npz", a=np.ones(5), b=np.zeros((2, 7)))
+    rows = list(series_from_file(tmp_path / "rows.npy", sampling_rate=10.0))
+    assert [s.id for s in rows] == ["rows/0", "rows/1", "rows/2"] and rows[1].values.shape == (1, 4)
+    members = list(series_from_file(tmp_path / "members.npz"))
+    assert [(s.id, s.values.shape) for s in members] == [("a", (1, 5)), ("b", (2, 7))]
+    with pytest.raises(ValueError, match="expected a .npy or .npz file"):
+        list(series_from_file(tmp_path / "x.csv"))
