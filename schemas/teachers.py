@@ -1,0 +1,221 @@
+"""Teacher entries of params.yaml (`extract.teachers.<name>`): one model per teacher kind.
+
+    extract:
+      teachers:
+        silero_vad: {kind: silero_vad}
+        fracast: {kind: fracast}
+        spectral: {kind: spectral}
+
+`kind` picks the adapter in `pipeline.teachers`; every other key configures it. Unknown keys are errors, so
+a typo never silently falls back to a default. `feature_config()` is what the feature store hashes: every
+field that can change the features, and nothing that only changes speed (batch_size, device).
+"""
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RatePolicy = Literal["auto", "resample", "reinterpret"]
+Device = Literal["cpu", "cuda", "auto"]
+
+# Classical EEG bands in Hz; gamma stops at 45 Hz, below the 50/60 Hz mains line.
+DEFAULT_EEG_BANDS: dict[str, tuple[float, float]] = {
+    "delta": (0.5, 4.0),
+    "theta": (4.0, 8.0),
+    "alpha": (8.0, 13.0),
+    "beta": (13.0, 30.0),
+    "gamma": (30.0, 45.0),
+}
+
+
+class _TeacherFields(BaseModel):
+    """Fields every teacher has."""
+
+    model_config = ConfigDict(extra="forbid")
+    SPEED_ONLY_FIELDS: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
+
+    batch_size: int = Field(
+        16, ge=1, description="Model inputs (one channel window each) per forward pass. Speed/memory only."
+    )
+    window_overlap: float = Field(
+        0.25,
+        ge=0,
+        le=0.9,
+        description="Inputs longer than the teacher's context are cut into windows overlapping by this "
+        "fraction of a window; each token is kept from the window where it sits most centrally.",
+    )
+
+    def feature_config(self) -> dict[str, Any]:
+        """The fields that change the features (hashed into the feature store's config hash)."""
+        return self.model_dump(mode="json", exclude=set(self.SPEED_ONLY_FIELDS))
+
+
+class _NeuralTeacherFields(_TeacherFields):
+    """Fields of teachers that run a torch model."""
+
+    device: Device = Field("auto", description="Where the model runs; auto: cuda when available, else cpu.")
+    bf16: bool = Field(
+        False, description="Run the model under bf16 autocast (about 2x faster on CPUs with avx512_bf16)."
+    )
+
+
+class _RateFields(BaseModel):
+    """How a series recorded at some rate reaches a teacher that expects its own native rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_policy: RatePolicy = Field(
+        "auto",
+        description="resample: always resample to the native rate (scipy polyphase); reinterpret: feed the "
+        "samples as if recorded at the native rate (a time stretch); auto: resample only when the series' "
+        "rate is within max_resample_factor of the native rate, else reinterpret.",
+    )
+    max_resample_factor: float = Field(
+        4.0,
+        gt=1,
+        description="auto policy: largest native/series rate ratio (either way) that is still resampled.",
+    )
+
+
+class HFAudioTeacher(_NeuralTeacherFields, _RateFields):
+    """Any transformers audio encoder: wav2vec2-family (wav2vec2, HuBERT, WavLM...), Whisper's encoder, AST."""
+
+    kind: Literal["hf_audio"] = "hf_audio"
+    model_id: str = Field(description="Hugging Face Hub id or local directory (save_pretrained layout).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); None: the default.")
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with the checkpoint. Only for checkpoints you trust."
+    )
+    layer: int = Field(
+        -1,
+        description="Index into the model's hidden_states (0: embeddings, i: after block i; negative counts "
+        "from the end). Default -1, the last block; middle blocks often suit non-speech tasks better.",
+    )
+    max_context_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest window for models without a fixed input length (wav2vec2 family); Whisper and "
+        "AST use the smaller of this and their own fixed length.",
+    )
+
+
+class HFTimeSeriesTeacher(_NeuralTeacherFields):
+    """transformers time-series encoders: PatchTST, TimesFM, or a Chronos-style T5 encoder (model_type t5)."""
+
+    kind: Literal["hf_timeseries"] = "hf_timeseries"
+    model_id: str = Field(description="Hugging Face Hub id or local directory (save_pretrained layout).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); None: the default.")
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with the checkpoint. Only for checkpoints you trust."
+    )
+    layer: int = Field(
+        -1, description="Index into the encoder's hidden states (0: embeddings; -1: last block, the default)."
+    )
+    token_pool: int | None = Field(
+        None,
+        ge=1,
+        description="Chronos-style models only (one token per time step): steps averaged into one token. "
+        "None: 16. Patch models (PatchTST, TimesFM) already give one token per patch.",
+    )
+    timesfm_freq: int = Field(
+        0, ge=0, description="TimesFM frequency index: 0 high (sub-daily to daily), 1 medium, 2 low."
+    )
+    chronos_low_limit: float | None = Field(
+        None, description="Chronos: lowest bin centre of the mean-scaled series. None: model config, else -15."
+    )
+    chronos_high_limit: float | None = Field(
+        None, description="Chronos: highest bin centre. None: model config, else 15."
+    )
+    chronos_special_tokens: int | None = Field(
+        None, ge=0, description="Chronos: token ids before the first bin (pad, eos). None: model config, else 2."
+    )
+    chronos_context_length: int | None = Field(
+        None, ge=1, description="Chronos: longest context in steps. None: model config, else 512."
+    )
+
+
+class SileroVADTeacher(_NeuralTeacherFields, _RateFields):
+    """silero-vad's pretrained network (weights from the wheel's safetensors file) as an audio teacher."""
+
+    kind: Literal["silero_vad"] = "silero_vad"
+    weights: Literal["safetensors", "jit"] = Field(
+        "safetensors",
+        description="safetensors: the wheel's silero_vad_16k.safetensors (safe format; a sibling checkpoint "
+        "of the TorchScript one, see upstream issue #768); jit: the parameters of the wheel's TorchScript "
+        "model, the one load_silero_vad() runs (v6).",
+    )
+    layer: Literal["encoder", "lstm"] = Field(
+        "encoder",
+        description="encoder: the convolutional encoder's 128 features per 32 ms frame (local); lstm: the "
+        "decoder LSTM's hidden state (carries context across frames within a window).",
+    )
+    peak_normalize: bool = Field(
+        True,
+        description="Scale each channel to peak amplitude 1 first (the network was trained on waveforms in "
+        "[-1, 1]; scientific series come in any unit).",
+    )
+    max_context_seconds: float = Field(
+        600.0, gt=0, description="Longest window in seconds at 16 kHz (bounds memory; the encoder is local)."
+    )
+
+
+class FracastTeacher(_NeuralTeacherFields):
+    """fracast's pretrained time-series foundation model: per-step core features, pooled in time."""
+
+    kind: Literal["fracast"] = "fracast"
+    model_id: str | None = Field(
+        None, description="None: the weights bundled in the fracast wheel; else a local directory or hub id."
+    )
+    revision: str | None = Field(None, description="Hub revision when model_id is a hub id.")
+    weights: Literal["w8", "fp32"] = Field(
+        "w8", description="Release checkpoint: w8 (int8, the published evaluation) or fp32."
+    )
+    layer: int = Field(
+        -1,
+        ge=-1,
+        description="-1: the core's final normalised output (default); i >= 0: the output of dilation stage i.",
+    )
+    token_pool: int = Field(16, ge=1, description="Consecutive steps averaged into one token.")
+
+
+class SpectralTeacher(_TeacherFields, _RateFields):
+    """Classical EEG features (no weights): band powers, relative powers, spectral entropy, Hjorth parameters."""
+
+    kind: Literal["spectral"] = "spectral"
+    native_rate: float = Field(
+        256.0, gt=0, description="Nominal rate of the analysis in Hz (a common EEG rate); bands are in Hz here."
+    )
+    window_seconds: float = Field(
+        2.0, gt=0, description="Analysis window; tokens advance by half a window (hop = window / 2)."
+    )
+    bands: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_EEG_BANDS),
+        min_length=1,
+        description="Frequency bands [low, high) in Hz, contiguous and in increasing order.",
+    )
+
+    @model_validator(mode="after")
+    def _bands_fit_the_window(self):
+        edges = list(self.bands.values())
+        for (low, high), (next_low, _) in zip(edges, edges[1:] + [(None, None)]):
+            if not 0 <= low < high:
+                raise ValueError(f"bands: [{low}, {high}) is not an increasing non-negative range")
+            if next_low is not None and next_low != high:
+                raise ValueError(f"bands must be contiguous and increasing; {high} is followed by {next_low}")
+        if edges[-1][1] > self.native_rate / 2:
+            raise ValueError(f"bands reach {edges[-1][1]} Hz, above Nyquist of native_rate {self.native_rate}")
+        return self
+
+
+class PluginTeacher(_NeuralTeacherFields, _RateFields):
+    """A third-party adapter registered in the `step_pipeline.teachers` entry-point group."""
+
+    kind: Literal["plugin"] = "plugin"
+    entry_point: str = Field(description="Name of the entry point in the `step_pipeline.teachers` group.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Passed to the plug-in untouched.")
+
+
+TeacherSpec = Annotated[
+    HFAudioTeacher | HFTimeSeriesTeacher | SileroVADTeacher | FracastTeacher | SpectralTeacher | PluginTeacher,
+    Field(discriminator="kind"),
+]
