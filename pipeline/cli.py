@@ -4,6 +4,7 @@ Options take their help text from the pydantic field descriptions in schemas/, s
 """
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +15,7 @@ from rich.table import Table
 app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, pretty_exceptions_show_locals=False)
 catalog_app = typer.Typer(help="List, show and validate the declared data sets.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)  # no truncated tables in logs/pipes
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (validated by schemas.params).")]
 
@@ -174,3 +175,43 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
         stage.run(str(params))
     except (ConfigError, FileNotFoundError) as exc:
         fail(str(exc))
+
+
+@app.command()
+def embed(
+    model: Annotated[Path, typer.Option(help="A trained encoder directory (Hugging Face format).")],
+    output: Annotated[Path, typer.Option(help="Zarr store to write (embedding (series, hidden), series_id).")],
+    input: Annotated[Optional[Path], typer.Option(help=".npy/.npz file of series.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="A catalog data set instead of a file.")] = None,
+    sampling_rate: Annotated[Optional[float], typer.Option(help="Sampling rate of --input, Hz.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Series per forward pass.")] = 32,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Embed every series of a file or catalog data set with a trained STEP encoder into a Zarr store."""
+    from data_catalog.readers import DataError
+    from pipeline.embed import embed_to_store, series_from_file
+    from pipeline.student import STEPEncoder
+
+    if (input is None) == (dataset is None):
+        fail("give exactly one of --input FILE or --dataset NAME")
+    if not (model / "config.json").exists():
+        fail(f"{model}: not a model directory (no config.json); run `step-pipeline distill` first")
+    encoder = STEPEncoder.from_pretrained(model).eval()
+    if input is not None:
+        if not input.exists():
+            fail(f"{input}: no such file")
+        series = series_from_file(input, sampling_rate)
+    else:
+        from data_catalog.catalog import open_reader
+        from schemas.params import load_params
+
+        cat = _catalog(None, params)
+        try:
+            series = iter(open_reader(cat.get(dataset), cat, load_params(params).prepare.series_store))
+        except KeyError as exc:
+            fail(str(exc.args[0]))
+    try:
+        embed_to_store(encoder, series, output, batch_size=batch_size)
+    except (DataError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"embeddings written to {output}")
