@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import zarr
 from tqdm import tqdm
 
 from data_catalog.readers import GeneratorReader
+from data_catalog.zarr_warnings import quiet_zarr_extension_warnings
 from schemas.catalog import CatalogEntry
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,10 @@ def write_dataset(store_path: str | Path, entry: CatalogEntry, chunk_samples: in
         values.append(np.concatenate(buffer, axis=1), axis=1)
     ids = np.array(reader.ids)
     splits = np.array([meta["split"] for meta in reader.metadata])
-    for name, data in (("offset", offsets), ("length", lengths), ("label", labels),
-                       ("series_id", ids), ("split", splits)):
-        group.create_array(name, data=data, dimension_names=("series",))
+    with quiet_zarr_extension_warnings():  # fixed-width unicode ids
+        for name, data in (("offset", offsets), ("length", lengths), ("label", labels),
+                           ("series_id", ids), ("split", splits)):
+            group.create_array(name, data=data, dimension_names=("series",))
     group.attrs.update({
         "entry": entry.model_dump(mode="json"), "entry_hash": entry_hash(entry), "domain": entry.domain,
         "sampling_rate": entry.sampling_rate, "unit": entry.unit, "complete": True,
@@ -103,7 +104,6 @@ def prepare(store_path: str | Path, entries: list[CatalogEntry], chunk_samples: 
     for name in set(root.group_keys()) - {entry.name for entry in entries}:
         log.info("%s: no longer in the catalog, removed from %s", name, store_path)
         shutil.rmtree(store_path / name)
-    with warnings.catch_warnings():  # zarr warns that consolidated metadata is an extension of the v3 spec
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    with quiet_zarr_extension_warnings():
         zarr.consolidate_metadata(str(store_path))
     return rebuilt

@@ -10,9 +10,7 @@ is appended to the store as soon as it is embedded.
 """
 
 import logging
-import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import xarray as xr
 import zarr
 
 from data_catalog.series import Series
+from data_catalog.zarr_warnings import quiet_zarr_extension_warnings
 from pipeline.student import STEPEncoder
 from pipeline.student.modeling_step import validate_series
 
@@ -27,16 +26,6 @@ logger = logging.getLogger(__name__)
 
 BLOCK_BYTES = 256 * 2**20  # flush a block once its raw values reach this size, whatever the series count
 EMBEDDING_CHUNK_ROWS = 4096  # rows per Zarr chunk of `embedding` (4096 x 128 float32 = 2 MB)
-
-
-@contextmanager
-def quiet_zarr_extension_warnings():
-    """Silence zarr's "not in the v3 spec" warnings for the two extensions used on purpose: fixed-width
-    unicode ids (no object dtype) and consolidated metadata (for `xr.open_zarr(..., consolidated=True)`)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        yield
 
 
 def embed_to_store(model: STEPEncoder, series: Iterable[Series], output: Path, batch_size: int = 32) -> Path:

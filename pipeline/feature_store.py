@@ -30,14 +30,12 @@ Why it looks like this:
   own calls, and other zarr implementations may not read lossy stores.
 """
 
-import contextlib
 import fcntl
 import json
 import logging
 import math
 import os
 import shutil
-import warnings
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -48,6 +46,7 @@ from pydantic import ValidationError
 from zarr.codecs import BloscCodec
 from zarr.codecs.numcodecs import BitRound, Quantize
 
+from data_catalog.zarr_warnings import quiet_zarr_extension_warnings
 from schemas.manifest import (
     SCHEMA_VERSION,
     BitRoundLossy,
@@ -84,16 +83,6 @@ class StoreMismatchError(RuntimeError):
 
 class StoreLockedError(RuntimeError):
     """Another process is writing the store."""
-
-
-@contextlib.contextmanager
-def _quiet_zarr_extension_warnings():
-    """Silence zarr's 'not in the v3 spec' warnings for the extensions this module uses on purpose."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
-        warnings.filterwarnings("ignore", message="The data type .* does not have a Zarr V3 specification")
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        yield
 
 
 def merge_moments(counts, means, m2s) -> tuple[int, np.ndarray, np.ndarray]:
@@ -325,7 +314,7 @@ class FeatureStore:
                 + f"\n{refusal}"
             )
         _remove_partial_files(path)
-        with _quiet_zarr_extension_warnings():  # never the consolidated metadata: it may be stale
+        with quiet_zarr_extension_warnings():  # never the consolidated metadata: it may be stale
             root = zarr.open_group(store=str(path), mode="r+", zarr_format=3, use_consolidated=False)
         store = cls(path, root, stored, lock_fd)
         for name in stored.groups:
@@ -352,7 +341,7 @@ class FeatureStore:
                 "complete": False,
             }
         )
-        with _quiet_zarr_extension_warnings():
+        with quiet_zarr_extension_warnings():
             root = zarr.create_group(
                 store=str(path), zarr_format=3, attributes={"manifest": manifest.model_dump(mode="json")}
             )
@@ -369,7 +358,7 @@ class FeatureStore:
         if problems:
             raise ValueError(f"refusing to read feature store {path}:\n  " + "\n  ".join(problems))
         manifest = _validated_manifest(path, _read_manifest_json(path))
-        with _quiet_zarr_extension_warnings():
+        with quiet_zarr_extension_warnings():
             root = zarr.open_group(store=str(path), mode="r", zarr_format=3)
         store = cls(path, root, manifest)
         for name in manifest.groups:
@@ -378,7 +367,7 @@ class FeatureStore:
 
     def _load_group(self, name: str) -> None:
         """Cache a group's array handles and its small per-segment arrays."""
-        with _quiet_zarr_extension_warnings():
+        with quiet_zarr_extension_warnings():
             group = self._root[name]
             self._arrays[name] = {array_name: group[array_name] for array_name in self.ARRAY_NAMES}
         self._segment_ids[name] = self._arrays[name]["segment_id"][:]
@@ -415,7 +404,7 @@ class FeatureStore:
         self._check_group_request(name, segment_ids, n_tokens, token_rate, sampling_rate)
         n_tokens = n_tokens.astype(np.int32)
 
-        with _quiet_zarr_extension_warnings():
+        with quiet_zarr_extension_warnings():
             if name in self._root and "chunk_done" not in self._root[name]:
                 # chunk_done is created last: without it the layout was cut short and holds no features
                 logger.warning("group %r of %s has an incomplete layout; recreating it", name, self.path)
@@ -638,7 +627,7 @@ class FeatureStore:
             }
         )
         self._write_manifest()
-        with _quiet_zarr_extension_warnings():
+        with quiet_zarr_extension_warnings():
             zarr.consolidate_metadata(str(self.path), zarr_format=3)
         logger.info("finalized feature store %s: %d groups, %d tokens", self.path, len(groups), count)
         return self.manifest

@@ -155,7 +155,10 @@ class SileroVADTeacher(_NeuralTeacherFields, _RateFields):
         "[-1, 1]; scientific series come in any unit).",
     )
     max_context_seconds: float = Field(
-        600.0, gt=0, description="Longest window in seconds at 16 kHz (bounds memory; the encoder is local)."
+        60.0,
+        gt=0,
+        description="Longest window in seconds at 16 kHz. Bounds memory (~8 MB of activations per second "
+        "per item); the encoder is local, so windows do not change its features.",
     )
 
 

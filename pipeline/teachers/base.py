@@ -19,7 +19,7 @@ The feature store pre-allocates its layout from `num_tokens`, so that count is e
 
 import abc
 import hashlib
-import logging
+import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,8 +30,6 @@ from typing import Any, Literal
 import numpy as np
 import scipy.signal
 import torch
-
-log = logging.getLogger(__name__)
 
 Domain = Literal["audio", "timeseries", "brain"]
 
@@ -196,8 +194,6 @@ def safetensors_files(teacher: str, model_dir: Path) -> list[Path]:
     """The safetensors files transformers loads from a save_pretrained directory (one file, or the shards)."""
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
-        import json
-
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [model_dir / shard for shard in shards]
     single = model_dir / "model.safetensors"
@@ -306,6 +302,8 @@ class WindowedTeacher(TeacherAdapter):
         hop = self.samples_per_token
         n_tokens = max(1, math.ceil(length / hop))
         window_tokens = self.max_context // hop
+        if window_tokens < 1:
+            raise ValueError(f"teacher {self.name!r}: max_context {self.max_context} is shorter than one token ({hop})")
         starts = window_starts(n_tokens, window_tokens, self.spec.window_overlap)
         if len(starts) == 1:
             return self._encode_batched(items)
