@@ -166,14 +166,24 @@ def distill(
 
 
 @app.command()
-def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
+def evaluate(
+    params: ParamsOption = Path("params.yaml"),
+    update_readme: Annotated[Optional[Path], typer.Option(help="Only rewrite this README's results block from "
+                                                          "the existing reports (no evaluation).")] = None,
+) -> None:
     """Linear probes on frozen embeddings for every probe task: distilled vs random vs teachers vs scratch."""
     from schemas.loading import ConfigError
     from stages import evaluate as stage
 
     try:
+        if update_readme is not None:
+            from pipeline.evaluate import update_readme as rewrite
+            from schemas.params import load_params
+
+            rewrite(update_readme, Path(load_params(params).evaluate.reports_dir))
+            return
         stage.run(str(params))
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
 
 

@@ -176,3 +176,20 @@ def write_probe_reports(directory: Path, scores: dict, tasks: list[str], metrics
     figure.tight_layout()
     figure.savefig(directory / "probe_scores.png", dpi=110)
     plt.close(figure)
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(readme: Path, reports_dir: Path) -> None:
+    """Replace the README's results block with the generated probe table and distillation metrics."""
+    table = (reports_dir / "probe_table.md").read_text()
+    distill = json.loads((reports_dir / "distill" / "metrics.json").read_text())
+    block = (f"{README_START}\n{table}\nDistillation: {distill['steps']} steps in {distill['wall_seconds']} s; "
+             f"final validation loss {json.dumps(distill['val_loss'])} (first: {json.dumps(distill['first_val_loss'])})."
+             f"\n{README_END}")
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} block to fill")
+    head, rest = text.split(README_START, 1)
+    readme.write_text(head + block + rest.split(README_END, 1)[1])

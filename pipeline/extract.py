@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import pipeline
 from data_catalog.catalog import open_reader
-from data_catalog.readers import SeriesReader
+from data_catalog.readers import DataError, SeriesReader
 from data_catalog.segments import Segment, segment_series
 from pipeline.feature_store import FeatureStore
 from pipeline.teachers import load_teacher
@@ -163,7 +163,15 @@ def pending_work(store: FeatureStore, teacher: TeacherAdapter, entries: list[Cat
         segments = segment_series(reader.ids, known_lengths(reader), max_samples)
         rate = float(reader[0].sampling_rate) if entry.sampling_rate is None else entry.sampling_rate
         n_tokens = np.array([teacher.num_tokens(s.length, rate) for s in segments])
-        store.ensure_group(entry.name, [s.id for s in segments], n_tokens, teacher.token_rate(rate), rate)
+        token_rates = {teacher.token_rate(rate, length) for length in {s.length for s in segments}}
+        if len(token_rates) > 1:  # a teacher that decimates by a length-dependent factor, on mixed lengths
+            raise DataError(
+                f"data set {entry.name!r}: teacher {teacher.name!r} gives its segments different token rates "
+                f"{sorted(token_rates)} (lengths {min(s.length for s in segments)}..{max(s.length for s in segments)}"
+                f" are decimated differently); one store group needs one token grid: disable the teacher's "
+                "decimation (e.g. fracast max_steps: null) or cut the series to one length"
+            )
+        store.ensure_group(entry.name, [s.id for s in segments], n_tokens, token_rates.pop(), rate)
         yield entry, reader, segments
 
 

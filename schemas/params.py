@@ -89,8 +89,8 @@ class DistillParams(Section):
 class EvaluateParams(Section):
     datasets: list[str] | None = Field(None, description="Probe tasks (default: every probe data set).")
     probe_c: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic-regression probe.")
-    scratch_steps: int = Field(150, ge=0, description="Steps of the from-scratch supervised baseline per task.")
-    scratch_batch_size: int = Field(32, ge=1, description="Batch size of the from-scratch baseline.")
+    scratch_steps: int = Field(60, ge=0, description="Steps of the from-scratch supervised baseline per task.")
+    scratch_batch_size: int = Field(16, ge=1, description="Batch size of the from-scratch baseline.")
     batch_size: int = Field(32, ge=1, description="Embedding batch size.")
     seed: int = Field(0, description="Seed of random-weight models and probes.")
     reports_dir: str = Field("reports", description="Where metrics, tables and plots are written.")

@@ -179,6 +179,13 @@ class FracastTeacher(_NeuralTeacherFields):
         description="-1: the core's final normalised output (default); i >= 0: the output of dilation stage i.",
     )
     token_pool: int = Field(16, ge=1, description="Consecutive steps averaged into one token.")
+    max_steps: int | None = Field(
+        2048,
+        ge=16,
+        description="Series longer than this are decimated by the integer factor ceil(length / max_steps) "
+        "(scipy polyphase, anti-aliased) to fit one context, as the paper cuts Time-MoE's input to 2048 steps but "
+        "keeping the whole series; about 10x cheaper on long inputs. None: overlapping windows, stitched.",
+    )
 
 
 class SpectralTeacher(_TeacherFields, _RateFields):

@@ -52,8 +52,9 @@ class TeacherAdapter(abc.ABC):
         """Exact number of tokens `encode` returns for `length` samples at `sampling_rate` (>= 1 if length >= 1)."""
 
     @abc.abstractmethod
-    def token_rate(self, sampling_rate: float) -> float:
-        """Tokens per second of the original series' time axis."""
+    def token_rate(self, sampling_rate: float, length: int | None = None) -> float:
+        """Tokens per second of the original series' time axis (for teachers that decimate long inputs by a
+        length-dependent factor, of a series of `length` samples)."""
 
     @abc.abstractmethod
     def encode(self, values: np.ndarray, sampling_rate: float) -> np.ndarray:
@@ -255,7 +256,7 @@ class WindowedTeacher(TeacherAdapter):
             raise ValueError(f"teacher {self.name!r}: a series needs at least one sample, got length {length}")
         return max(1, math.ceil(self.model_length(length, sampling_rate) / self.samples_per_token))
 
-    def token_rate(self, sampling_rate: float) -> float:
+    def token_rate(self, sampling_rate: float, length: int | None = None) -> float:
         plan = self.rate_plan(sampling_rate)
         return sampling_rate * plan.up / plan.down / self.samples_per_token
 

@@ -10,7 +10,9 @@ Input normalisation: the model's own, min-max scaling of each window to [0, 1] (
 FINDINGS: its features were clearly more informative with that than with z-scoring).
 Short inputs: the window sits at the end of the 2048-step context with the steps before it marked invalid
 (the model's own padding mechanism, as in its forecasting path); the final, partial token averages the steps it
-has. Long inputs: windows of 2048 steps, stitched (see base.py).
+has. Long inputs: decimated by ceil(length / max_steps) to fit one context (default; the paper cuts Time-MoE's
+input to 2048 steps, we keep the whole series at a coarser step), or with max_steps None, windows of 2048 steps
+stitched (see base.py).
 Layer: -1 is the core's final RMS-normalised output; i >= 0 the output of dilation stage i (read by a forward
 hook on the shared block, which runs once per stage).
 Weights: safetensors only (`model.int8.safetensors` + manifest for "w8", `model.safetensors` for "fp32").
@@ -24,7 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.teachers.base import WindowedTeacher, local_model_dir, pool_steps, resolve_device, sha256_of_files
+from pipeline.teachers.base import (
+    RatePlan,
+    WindowedTeacher,
+    local_model_dir,
+    pool_steps,
+    resample,
+    resolve_device,
+    sha256_of_files,
+)
 from schemas.teachers import FracastTeacher
 
 MIN_SPAN = 1e-5  # min-max scaling floor, as in fracast's own forecasting path
@@ -57,6 +67,24 @@ class FracastTeacherAdapter(WindowedTeacher):
         if spec.layer >= self.n_stages:
             raise ValueError(f"teacher {name!r}: layer {spec.layer} out of range; the core has "
                              f"{self.n_stages} stages (0..{self.n_stages - 1}) and -1 for its final output")
+
+    def decimation(self, length: int) -> int:
+        """Integer factor that brings `length` steps within max_steps (1: no decimation)."""
+        if self.spec.max_steps is None:
+            return 1
+        return max(1, -(-length // self.spec.max_steps))
+
+    def num_tokens(self, length: int, sampling_rate: float) -> int:
+        return super().num_tokens(-(-length // self.decimation(length)), sampling_rate)
+
+    def token_rate(self, sampling_rate: float, length: int | None = None) -> float:
+        return super().token_rate(sampling_rate) / (1 if length is None else self.decimation(length))
+
+    def encode(self, values: np.ndarray, sampling_rate: float) -> np.ndarray:
+        factor = self.decimation(np.shape(values)[-1])
+        if factor > 1:  # anti-aliased polyphase decimation, ceil(length / factor) steps
+            values = resample(self._checked(values), RatePlan("resample", 1, factor))
+        return super().encode(values, sampling_rate)
 
     def encode_window(self, windows: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(windows[:, 0]).to(self.device)  # (items, T)

@@ -15,7 +15,7 @@ All three are rate-agnostic (native_rate None): they see steps, and every channe
     MeanScaleUniformBins); an EOS token is appended and the T5 encoder gives one vector per step;
     `token_pool` steps (default 16) are averaged into one token. Bins and limits come from the checkpoint's
     `chronos_config` when it has one, else from the spec (defaults: Chronos-T5's -15..15, 2 special tokens,
-    512-step context, n_tokens = vocab size).
+    512-step context, n_tokens = vocab size). Chronos-Bolt (patch inputs, custom modules) is not this family.
 Layer: index into the encoder's hidden states (0: embeddings, i: after block i; default -1, the last).
 Weights: safetensors only; hub ids are fetched (json + safetensors files, plus *.py with trust_remote_code).
 """
