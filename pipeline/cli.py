@@ -12,10 +12,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from schemas.params import DistillParams, Params
+from schemas.teachers import FracastTeacher
+
 app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, pretty_exceptions_show_locals=False)
 catalog_app = typer.Typer(help="List, show and validate the declared data sets.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 console = Console(width=None if sys.stdout.isatty() else 200)  # no truncated tables in logs/pipes
+
+def doc(model, field: str, prefix: str = "Override: ") -> str:
+    """An option's help text, taken from the pydantic field it overrides (one source of truth)."""
+    return prefix + model.model_fields[field].description
+
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (validated by schemas.params).")]
 
@@ -113,8 +121,8 @@ def extract(
                                                          "(default: all).")] = None,
     dataset: Annotated[Optional[list[str]], typer.Option("--dataset", help="Data set(s) (default: params "
                                                          "extract.datasets, else every catalog data set).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Override the teacher's device (cpu, cuda).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Override the teacher's batch size.")] = None,
+    device: Annotated[Optional[str], typer.Option(help=doc(FracastTeacher, "device"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=doc(FracastTeacher, "batch_size"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a store made with another configuration "
                                             "(otherwise it is refused).")] = False,
     params: ParamsOption = Path("params.yaml"),
@@ -150,8 +158,8 @@ def inspect(
 @app.command()
 def distill(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint (same result as an unbroken run).")] = False,
-    device: Annotated[Optional[str], typer.Option(help="Override distill.device (cpu, cuda, auto).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Override distill.max_steps.")] = None,
+    device: Annotated[Optional[str], typer.Option(help=doc(DistillParams, "device"))] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help=doc(DistillParams, "max_steps"))] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train the STEP student from the feature stores (no teacher is loaded) into distill.output_dir."""
@@ -225,3 +233,23 @@ def embed(
     except (DataError, ValueError) as exc:
         fail(str(exc))
     console.print(f"embeddings written to {output}")
+
+
+@app.command("params")
+def params_doc() -> None:
+    """Every params.yaml field with its default and description (from schemas/params.py)."""
+    from pydantic import BaseModel
+
+    table = Table("field", "default", "description")
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            table.add_row(prefix + name, default, field.description or "")
+
+    walk(Params, "")
+    console.print(table)

@@ -61,10 +61,20 @@ class DistillParams(Section):
         description="force_stride: one student forward per teacher token grid, N forced to the teacher's "
         "(the paper); interpolate: one forward, student tokens resampled to each grid.",
     )
+    head: Literal["linear", "mlp"] = Field(
+        "linear",
+        description="Projection head per teacher: linear (LayerNorm + Linear) makes the student's own tokens carry the "
+        "teacher features linearly, which is what linear probes of its embedding read; mlp adds a hidden layer.",
+    )
     cosine_weight: float = Field(1.0, ge=0, description="Weight of (1 - cosine similarity) per token.")
     smooth_l1_weight: float = Field(1.0, ge=0, description="Weight of smooth-L1 on standardised targets.")
     smooth_l1_beta: float = Field(1.0, gt=0, description="Smooth-L1 transition point.")
     patching_weight: float = Field(0.1, ge=0, description="Weight of the adaptive-patching penalties.")
+    max_target_tokens: int = Field(
+        256, ge=1,
+        description="A teacher grid with more tokens than this (long segments) is average-pooled by the smallest "
+        "integer factor that fits, so the student's forced token count and attention stay bounded.",
+    )
     batch_size: int = Field(16, ge=1, description="Segments per step.")
     max_steps: int = Field(300, ge=1, description="Optimisation steps.")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")

@@ -16,8 +16,12 @@ runner = CliRunner()
 def test_help_lists_every_stage():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("catalog", "prepare", "extract", "distill", "evaluate", "embed", "inspect"):
+    for command in ("catalog", "prepare", "extract", "distill", "evaluate", "embed", "inspect", "params"):
         assert command in result.output
+    # option help comes from the pydantic field descriptions
+    assert "Optimisation steps" in runner.invoke(app, ["distill", "--help"]).output
+    params_doc = runner.invoke(app, ["params"]).output
+    assert "distill.max_target_tokens" in params_doc and "average-pooled" in params_doc
 
 
 def test_catalog_list_show_validate(tmp_path, monkeypatch):

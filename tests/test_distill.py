@@ -64,20 +64,21 @@ def test_distill_trains_without_any_teacher(project, monkeypatch):
 
 def test_resume_after_kill_matches_uninterrupted_run(project, tmp_path, monkeypatch):
     root, params_path = project
+    # 14 steps span more than one epoch (about 8 batches each), so the resume crosses an epoch boundary
     full = params_in(root, params_path, output_dir=str(tmp_path / "full"), checkpoint_dir=str(tmp_path / "ck_full"),
-                     reports_dir=str(tmp_path / "rep_full"))
+                     reports_dir=str(tmp_path / "rep_full"), max_steps=14, val_every=7)
     distill(full)
 
-    killed = params_in(root, params_path, output_dir=str(tmp_path / "killed"),
-                       checkpoint_dir=str(tmp_path / "ck_killed"), reports_dir=str(tmp_path / "rep_killed"))
+    killed = params_in(root, params_path, output_dir=str(tmp_path / "killed"), checkpoint_dir=str(tmp_path / "ck_killed"),
+                       reports_dir=str(tmp_path / "rep_killed"), max_steps=14, val_every=7)
     from pipeline.distill import train
 
     original = train.save_checkpoint
 
     def save_then_die(directory, model, heads, optimizer, step, history):
         original(directory, model, heads, optimizer, step, history)
-        if step == 4:
-            raise KeyboardInterrupt("simulated kill after the step-4 checkpoint")
+        if step == 10:
+            raise KeyboardInterrupt("simulated kill after the step-10 checkpoint")
 
     monkeypatch.setattr(train, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -91,6 +92,25 @@ def test_resume_after_kill_matches_uninterrupted_run(project, tmp_path, monkeypa
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
     assert (tmp_path / "rep_full/distill/train_loss.csv").read_text() == (
         tmp_path / "rep_killed/distill/train_loss.csv").read_text()
+
+
+def test_epochs_of_different_lengths_are_located_exactly(project):
+    """Epochs differ in batch count (partial batches per buffer); every global step maps to exactly one batch."""
+    root, params_path = project
+    params = load_params(params_path)
+    from data_catalog.catalog import load_catalog
+    from pipeline.distill.loader import DistillationData, open_training_data
+    from pipeline.feature_store import FeatureStore
+
+    catalog = load_catalog(params.prepare.catalog)
+    entries = [e for e in catalog.datasets if e.role == "pretrain"]
+    stores = {t: FeatureStore.open(root / f"data/features/{t}.zarr") for t in params.extract.teachers}
+    data = DistillationData(open_training_data(entries, catalog, params.prepare.series_store, stores, 8192),
+                            stores, batch_size=3, shuffle_blocks=2, prefetch_blocks=0, val_fraction=0.2, seed=0)
+    lengths = [sum(len(b) for _, b in data.epoch_plan(e)) for e in range(6)]
+    assert len(set(lengths)) > 1, "the test needs epochs of different lengths"
+    expected = [(e, k) for e, n in enumerate(lengths) for k in range(n)]
+    assert [data.locate(step) for step in range(len(expected))] == expected
 
 
 @pytest.mark.parametrize("alignment", ["interpolate", "force_stride"])
@@ -112,11 +132,19 @@ def test_stale_store_is_refused(project, tmp_path):
         distill(params)
 
 
-def test_store_missing_a_data_set_is_refused(project, tmp_path):
+def test_store_segmented_otherwise_is_refused(project, tmp_path):
+    root, params_path = project
+    params = load_params(params_path)
+    params.segments.max_samples = 4096  # the stores were cut at 8192
+    with pytest.raises(StoreCoverageError, match="segmented with"):
+        distill(params)
+
+
+def test_data_set_missing_from_a_store_is_refused(project, tmp_path):
     root, params_path = project
     params = load_params(params_path)
     shutil.copytree(root / "data/features", tmp_path / "features")
+    shutil.rmtree(tmp_path / "features/fracast.zarr/pre_radar")
     params.extract.store_dir = str(tmp_path / "features")
-    params.segments.max_samples = 4096  # the stores were cut at 8192
-    with pytest.raises(StoreCoverageError, match="segmented with"):
+    with pytest.raises((StoreCoverageError, ValueError, KeyError), match="pre_radar"):
         distill(params)

@@ -65,6 +65,22 @@ class Batch:
                      self.sampling_rate, move(self.targets), move(self.n_tokens))
 
 
+def pool_tokens(tokens: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """(N, F) -> (ceil(N / k), F): means of k consecutive tokens, k the smallest factor giving <= max_tokens.
+
+    Long segments give teachers thousands of tokens (a 20-minute record through a 1 s hop); the student, forced
+    to that count, would attend over all of them. Pooling keeps the grid uniform (k times coarser) and aligned.
+    """
+    factor = -(-tokens.shape[0] // max_tokens)
+    if factor == 1:
+        return tokens
+    pad = (-tokens.shape[0]) % factor
+    padded = torch.cat([tokens, tokens.new_zeros(pad, tokens.shape[1])])
+    counts = torch.full((padded.shape[0] // factor,), float(factor))
+    counts[-1] -= pad  # the last group averages only the tokens it has
+    return padded.view(-1, factor, tokens.shape[1]).sum(dim=1) / counts[:, None]
+
+
 def is_validation(segment_id: str, fraction: float) -> bool:
     """Held-out segments chosen by a hash of their id: stable across runs, spread over every data set."""
     digest = hashlib.sha256(segment_id.encode()).digest()
@@ -88,8 +104,6 @@ def check_stores(stores: dict[str, FeatureStore], expected_config: dict[str, dic
         if manifest.segment != segment_config:
             raise StoreCoverageError(f"{where} was segmented with {manifest.segment}, params say {segment_config}")
         for data in datasets:
-            if data.name not in manifest.groups:
-                raise StoreCoverageError(f"{where} has no data set {data.name!r}; run extract for it")
             stored, _ = store.segments(data.name)
             expected = [s.id for s in data.segments]
             if list(stored) != expected:
@@ -107,16 +121,16 @@ class DistillationData:
 
     def __init__(self, datasets: list[DataSet], stores: dict[str, FeatureStore], batch_size: int,
                  shuffle_blocks: int, prefetch_blocks: int, val_fraction: float, seed: int,
-                 crop_min_fraction: float | None = None):
+                 crop_min_fraction: float | None = None, max_target_tokens: int = 256):
         self.datasets = {d.name: d for d in datasets}
         self.stores = stores
         self.batch_size, self.shuffle_blocks, self.prefetch = batch_size, shuffle_blocks, prefetch_blocks
-        self.seed, self.crop_min_fraction = seed, crop_min_fraction
+        self.seed, self.crop_min_fraction, self.max_target_tokens = seed, crop_min_fraction, max_target_tokens
         self.teachers = list(stores)
-        self.mean = {k: s.manifest.feature_mean for k, s in stores.items()}
-        self.std = {k: s.manifest.feature_std for k, s in stores.items()}
-        self.mean = {k: torch.tensor(v, dtype=torch.float32) for k, v in self.mean.items()}
-        self.std = {k: torch.tensor(v, dtype=torch.float32).clamp_min(1e-6) for k, v in self.std.items()}
+        # per-feature statistics of each store, for standardised targets; a constant feature keeps std 1e-6
+        self.mean = {k: torch.tensor(s.manifest.feature_mean, dtype=torch.float32) for k, s in stores.items()}
+        self.std = {k: torch.tensor(s.manifest.feature_std, dtype=torch.float32).clamp_min(1e-6)
+                    for k, s in stores.items()}
         self.val_rows = {d.name: np.array([is_validation(s.id, val_fraction) for s in d.segments], bool)
                          for d in datasets}
         self.blocks = [(d.name, b) for d in datasets for b in range(d.n_blocks)]
@@ -144,6 +158,13 @@ class DistillationData:
                 batches += [(dataset, rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
             plan.append((buffer, [batches[i] for i in rng.permutation(len(batches))]))
         return plan
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, batches to skip in it) of a global step; epochs differ in batch count (partial batches)."""
+        epoch = 0
+        while step >= (n := sum(len(batches) for _, batches in self.epoch_plan(epoch))):
+            step, epoch = step - n, epoch + 1
+        return epoch, step
 
     def validation_plan(self) -> list[tuple[list[tuple[str, int]], list[tuple[str, np.ndarray]]]]:
         plan = []
@@ -236,11 +257,11 @@ class DistillationData:
             padded[i, :, : values.shape[1]] = torch.from_numpy(np.ascontiguousarray(values))
         targets, n_tokens = {}, {}
         for teacher in self.teachers:
-            counts = torch.tensor([item[2][teacher].shape[0] for item in items])
-            dim = items[0][2][teacher].shape[1]
-            stacked = torch.zeros(len(items), int(counts.max()), dim)
-            for i, item in enumerate(items):
-                stacked[i, : counts[i]] = item[2][teacher]
+            tokens = [pool_tokens(item[2][teacher], self.max_target_tokens) for item in items]
+            counts = torch.tensor([t.shape[0] for t in tokens])
+            stacked = torch.zeros(len(items), int(counts.max()), tokens[0].shape[1])
+            for i, t in enumerate(tokens):
+                stacked[i, : counts[i]] = t
             targets[teacher], n_tokens[teacher] = stacked, counts
         return Batch(dataset, [item[0] for item in items], padded, lengths, data.sampling_rate, targets, n_tokens)
 
@@ -282,14 +303,16 @@ def open_training_data(datasets, catalog, series_store: str, stores: dict[str, F
     for entry in datasets:
         reader = open_reader(entry, catalog, series_store)
         segments = segment_series(reader.ids, known_lengths(reader), max_samples)
-        any_store = next(iter(stores.values()))
-        group = any_store.manifest.groups.get(entry.name)
-        rate = group.sampling_rate if group else float(entry.sampling_rate or reader[0].sampling_rate)
-        block_size = any_store.manifest.compression.chunk_segments
+        missing = [name for name, store in stores.items() if entry.name not in store.manifest.groups]
+        if missing:
+            raise StoreCoverageError(f"feature stores of {missing} have no data set {entry.name!r}; run extract "
+                                     "for it (or leave it out of distill.datasets)")
+        groups = {name: store.manifest.groups[entry.name] for name, store in stores.items()}
+        block_size = next(iter(stores.values())).manifest.compression.chunk_segments
         out.append(DataSet(
-            name=entry.name, reader=reader, segments=segments, sampling_rate=rate,
+            name=entry.name, reader=reader, segments=segments,
+            sampling_rate=next(iter(groups.values())).sampling_rate,
             n_blocks=-(-len(segments) // block_size), block_size=block_size,
-            token_rate={k: s.manifest.groups[entry.name].token_rate if entry.name in s.manifest.groups else 0.0
-                        for k, s in stores.items()},
+            token_rate={name: group.token_rate for name, group in groups.items()},
         ))
     return out

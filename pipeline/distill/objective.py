@@ -14,15 +14,23 @@ from torch import nn
 
 
 class TeacherHeads(nn.Module):
-    """One projection head per teacher, from the student's token space (hidden) to that teacher's features."""
+    """One projection head per teacher, from the student's token space (hidden) to that teacher's features.
 
-    def __init__(self, hidden_size: int, feature_dims: dict[str, int]):
+    `linear` (default): LayerNorm + Linear, so whatever the teachers know must be linearly readable from the
+    student's own tokens (and their mean, the pooled embedding); `mlp` adds a GELU hidden layer (RADIO-style),
+    which lets the head, not the student, do part of the work.
+    """
+
+    def __init__(self, hidden_size: int, feature_dims: dict[str, int], kind: str = "linear"):
         super().__init__()
-        self.heads = nn.ModuleDict({
-            name: nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size), nn.GELU(),
-                                nn.Linear(hidden_size, dim))
-            for name, dim in feature_dims.items()
-        })
+
+        def head(dim: int) -> nn.Module:
+            if kind == "linear":
+                return nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, dim))
+            return nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                                 nn.Linear(hidden_size, dim))
+
+        self.heads = nn.ModuleDict({name: head(dim) for name, dim in feature_dims.items()})
 
     def forward(self, teacher: str, tokens: torch.Tensor) -> torch.Tensor:
         return self.heads[teacher](tokens)  # (batch, tokens, hidden) -> (batch, tokens, feature)

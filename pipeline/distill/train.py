@@ -103,14 +103,15 @@ def distill(params: Params, resume: bool = False, device: str | None = None, max
                  params.segments.model_dump(), datasets)
     data = DistillationData(datasets, stores, config.batch_size, config.shuffle_blocks, config.prefetch_blocks,
                             config.val_fraction, config.seed,
-                            crop_min_fraction=config.crop.min_fraction if config.crop.enabled else None)
+                            crop_min_fraction=config.crop.min_fraction if config.crop.enabled else None,
+                            max_target_tokens=config.max_target_tokens)
     log.info("distilling from %s on %d training segments of %s", teachers, data.n_train, names)
 
     # ---- model, heads, objective, optimiser
     student_config = STEPConfig.from_preset(params.student.preset, **params.student.overrides)
     model = STEPEncoder(student_config).to(device)
     dims = {t: s.manifest.feature_dim for t, s in stores.items()}
-    heads = TeacherHeads(student_config.hidden_size, dims).to(device)
+    heads = TeacherHeads(student_config.hidden_size, dims, config.head).to(device)
     weights = {t: config.teacher_weights.get(t, 1.0) for t in teachers}
     objective = DistillationObjective(heads, weights, config.alignment, config.cosine_weight,
                                       config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight)
@@ -128,11 +129,10 @@ def distill(params: Params, resume: bool = False, device: str | None = None, max
 
     # ---- the loop: epochs of a deterministic plan; resuming skips the batches already trained on
     started, seen = time.perf_counter(), 0
-    steps_per_epoch = sum(len(batches) for _, batches in data.epoch_plan(0))
     progress = tqdm(total=config.max_steps, initial=step, desc="distill", unit="step", dynamic_ncols=True)
     model.train()
     while step < config.max_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
+        epoch, skip = data.locate(step)
         plan = data.epoch_plan(epoch)
         for batch in data.batches(plan, skip=skip, crop_seed=config.seed * 1_000_003 + epoch):
             lr = learning_rate(step, config.lr, config.warmup_steps, config.max_steps, config.min_lr_ratio)
