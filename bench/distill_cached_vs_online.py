@@ -49,7 +49,6 @@ def setup(tmp: Path, count: int) -> Path:
 
 def run_mode(mode: str, params_path: str, steps: int) -> dict:
     """One mode, in this process: returns steps/s (or segments/s for the loader) and peak RSS."""
-    import numpy as np
     import torch
 
     from data_catalog.catalog import load_catalog

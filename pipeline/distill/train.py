@@ -3,7 +3,6 @@
 Only feature stores and raw series are read; no teacher adapter is imported or built here.
 """
 
-import json
 import logging
 import math
 import os

@@ -20,6 +20,7 @@ The feature store pre-allocates its layout from `num_tokens`, so that count is e
 import abc
 import hashlib
 import json
+import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -204,6 +205,17 @@ def safetensors_files(teacher: str, model_dir: Path) -> list[Path]:
             "(pickled .bin/.pt checkpoints can run code when loaded)"
         )
     return [single]
+
+
+def hub_model_files(teacher: str, spec) -> tuple[Path, list[Path]]:
+    """Local copy of a transformers model (json + safetensors, plus code only when trust_remote_code is on, with a
+    warning) and the weight files it will load."""
+    if spec.trust_remote_code:
+        logging.getLogger(__name__).warning(
+            "teacher %r: trust_remote_code is on: code shipped with %r runs in this process", teacher, spec.model_id)
+    patterns = ["*.json", "*.safetensors"] + (["*.py"] if spec.trust_remote_code else [])
+    model_dir = local_model_dir(teacher, spec.model_id, spec.revision, patterns)
+    return model_dir, safetensors_files(teacher, model_dir)
 
 
 class WindowedTeacher(TeacherAdapter):

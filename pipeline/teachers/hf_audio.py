@@ -18,7 +18,6 @@ Weights: safetensors only (use_safetensors=True); hub ids are fetched (json + sa
 trust_remote_code is on) and loaded from the local snapshot, so the files hashed are the files loaded.
 """
 
-import logging
 import math
 
 import numpy as np
@@ -28,14 +27,12 @@ from transformers import AutoFeatureExtractor, AutoModel
 
 from pipeline.teachers.base import (
     WindowedTeacher,
-    local_model_dir,
+    hub_model_files,
     resolve_device,
-    safetensors_files,
     sha256_of_files,
 )
 from schemas.teachers import HFAudioTeacher
 
-log = logging.getLogger(__name__)
 
 KALDI_FRAME_SECONDS, KALDI_SHIFT_SECONDS = 0.025, 0.010  # AST's fbank frames
 
@@ -55,12 +52,7 @@ class HFAudioTeacherAdapter(WindowedTeacher):
         super().__init__(name, spec)
         self.device = resolve_device(spec.device)
         self.bf16 = spec.bf16
-        if spec.trust_remote_code:
-            log.warning("teacher %r: trust_remote_code is on: code shipped with %r runs in this process",
-                        name, spec.model_id)
-        patterns = ["*.json", "*.safetensors"] + (["*.py"] if spec.trust_remote_code else [])
-        self.model_dir = local_model_dir(name, spec.model_id, spec.revision, patterns)
-        self.weight_files = safetensors_files(name, self.model_dir)
+        self.model_dir, self.weight_files = hub_model_files(name, spec)
         self.feature_extractor = AutoFeatureExtractor.from_pretrained(
             self.model_dir, trust_remote_code=spec.trust_remote_code
         )

@@ -20,7 +20,6 @@ Layer: index into the encoder's hidden states (0: embeddings, i: after block i; 
 Weights: safetensors only; hub ids are fetched (json + safetensors files, plus *.py with trust_remote_code).
 """
 
-import logging
 import math
 
 import numpy as np
@@ -30,15 +29,13 @@ from transformers import AutoConfig, AutoModel, T5EncoderModel
 
 from pipeline.teachers.base import (
     WindowedTeacher,
-    local_model_dir,
+    hub_model_files,
     pool_steps,
     resolve_device,
-    safetensors_files,
     sha256_of_files,
 )
 from schemas.teachers import HFTimeSeriesTeacher
 
-log = logging.getLogger(__name__)
 
 # Chronos-T5 defaults (amazon/chronos-t5-*), used when the checkpoint carries no chronos_config.
 CHRONOS_DEFAULTS = {"low_limit": -15.0, "high_limit": 15.0, "n_special_tokens": 2, "context_length": 512,
@@ -54,12 +51,7 @@ class HFTimeSeriesTeacherAdapter(WindowedTeacher):
         super().__init__(name, spec)
         self.device = resolve_device(spec.device)
         self.bf16 = spec.bf16
-        if spec.trust_remote_code:
-            log.warning("teacher %r: trust_remote_code is on: code shipped with %r runs in this process",
-                        name, spec.model_id)
-        patterns = ["*.json", "*.safetensors"] + (["*.py"] if spec.trust_remote_code else [])
-        self.model_dir = local_model_dir(name, spec.model_id, spec.revision, patterns)
-        self.weight_files = safetensors_files(name, self.model_dir)
+        self.model_dir, self.weight_files = hub_model_files(name, spec)
         load = {"use_safetensors": True, "trust_remote_code": spec.trust_remote_code}
         config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=spec.trust_remote_code)
         self.family = {"patchtst": "patchtst", "timesfm": "timesfm", "t5": "chronos_t5"}.get(config.model_type)
