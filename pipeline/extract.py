@@ -167,9 +167,9 @@ class WriterThread:
             raise self.error
 
 
-def pending_work(store: FeatureStore, teacher: TeacherAdapter, entries: list[CatalogEntry], catalog: Catalog,
+def lay_out_groups(store: FeatureStore, teacher: TeacherAdapter, entries: list[CatalogEntry], catalog: Catalog,
                  series_store: str, max_samples: int) -> Iterator[tuple[CatalogEntry, SeriesReader, list[Segment]]]:
-    """Lay out every group (segments, token counts) and yield the data sets with chunks still to write."""
+    """Lay out every group in the store (segments, token counts) and yield each data set with its segments."""
     for entry in entries:
         reader = open_reader(entry, catalog, series_store)
         segments = segment_series(reader.ids, known_lengths(reader), max_samples)
@@ -199,7 +199,7 @@ def extract(name: str, params: Params, catalog: Catalog, entries: list[CatalogEn
     manifest = store_manifest(name, teacher, params)
     started = time.perf_counter()
     with FeatureStore.create_or_open(path, manifest, params.extract.compression, overwrite=overwrite) as store:
-        work = list(pending_work(store, teacher, entries, catalog, params.prepare.series_store,
+        work = list(lay_out_groups(store, teacher, entries, catalog, params.prepare.series_store,
                                  params.segments.max_samples))
         todo = {entry.name: store.pending_chunks(entry.name) for entry, _, _ in work}
         slices = [store.chunk_slice(group, chunk) for group, chunks in todo.items() for chunk in chunks]

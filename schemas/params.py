@@ -57,9 +57,10 @@ class DistillParams(Section):
         default_factory=dict, description="Loss weight per teacher (default 1.0 for every extracted teacher)."
     )
     alignment: Literal["force_stride", "interpolate"] = Field(
-        "force_stride",
-        description="force_stride: one student forward per teacher token grid, N forced to the teacher's "
-        "(the paper); interpolate: one forward, student tokens resampled to each grid.",
+        "interpolate",
+        description="interpolate (default): one forward at the student's own adaptive N, tokens resampled to each "
+        "teacher grid, so the stride network trains and embeddings use the token density seen in training; "
+        "force_stride: N forced to each teacher's count, one forward per grid (the paper's way).",
     )
     head: Literal["linear", "mlp"] = Field(
         "linear",
@@ -76,18 +77,18 @@ class DistillParams(Section):
         "integer factor that fits, so the student's forced token count and attention stay bounded.",
     )
     batch_size: int = Field(16, ge=1, description="Segments per step.")
-    max_steps: int = Field(300, ge=1, description="Optimisation steps.")
+    max_steps: int = Field(600, ge=1, description="Optimisation steps.")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
-    warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps before the cosine decay.")
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps before the cosine decay.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr.")
     grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
     seed: int = Field(0, description="Seed of initialisation, shuffling and crops.")
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="Training device (auto: cuda if present).")
     bf16: bool = Field(False, description="bf16 autocast for forward passes.")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Held-out fraction of segments for validation.")
-    val_every: int = Field(50, ge=1, description="Steps between validation losses.")
-    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    val_every: int = Field(100, ge=1, description="Steps between validation losses.")
+    checkpoint_every: int = Field(200, ge=1, description="Steps between checkpoints.")
     shuffle_blocks: int = Field(4, ge=1, description="Store chunks mixed in the shuffle buffer.")
     prefetch_blocks: int = Field(2, ge=0, description="Chunks read ahead by the background loader.")
     crop: CropParams = Field(default_factory=CropParams, description="Crop-consistent augmentation.")

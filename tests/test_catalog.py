@@ -257,3 +257,12 @@ def test_series_store_round_trip_through_xarray(tmp_path):
 
     entry.source.seed += 1  # a changed entry is rebuilt, not mixed in
     assert prepare(store, [entry], chunk_samples=4096) == ["leaves_like"]
+
+
+def test_default_params_file_spells_out_the_schema_defaults():
+    """params.yaml is the schema's defaults written out (one source of truth), plus the chosen teachers."""
+    from schemas.params import Params
+
+    params = load_params(ROOT / "params.yaml")
+    teachers = yaml.safe_load((ROOT / "params.yaml").read_text())["extract"]["teachers"]
+    assert params == Params.model_validate({"extract": {"teachers": teachers}})
