@@ -38,6 +38,7 @@ class ProbeTask:
     """One probe task's series and labels, split into train and test."""
 
     entry: CatalogEntry
+    ids: list[str]             # series ids, as in the series and feature stores
     series: list[np.ndarray]   # (channels, time) each
     labels: np.ndarray         # (n,)
     train: np.ndarray          # (n,) bool; the rest is test
@@ -53,7 +54,7 @@ def load_task(entry: CatalogEntry, catalog, series_store: str) -> ProbeTask:
         raise ValueError(f"probe task {entry.name!r}: series without a label, e.g. {missing}")
     train = np.array([m["split"] == "train" for m in reader.metadata])
     rate = entry.sampling_rate or reader[0].sampling_rate
-    return ProbeTask(entry, series, labels, train, rate)
+    return ProbeTask(entry, list(reader.ids), series, labels, train, rate)
 
 
 def probe_score(embeddings: np.ndarray, task: ProbeTask, c: float, seed: int) -> float:
@@ -67,7 +68,7 @@ def probe_score(embeddings: np.ndarray, task: ProbeTask, c: float, seed: int) ->
     return float(f1_score(truth, predicted, average="macro", zero_division=0))
 
 
-def teacher_embeddings(store: FeatureStore, task: ProbeTask, ids: list[str]) -> np.ndarray:
+def teacher_embeddings(store: FeatureStore, task: ProbeTask) -> np.ndarray:
     """Mean over valid tokens (and over the segments of a cut series) of the cached teacher features."""
     name = task.entry.name
     if name not in store.manifest.groups:
@@ -79,7 +80,7 @@ def teacher_embeddings(store: FeatureStore, task: ProbeTask, ids: list[str]) -> 
             pooled.append(tokens[:count].mean(axis=0))
         segment_ids += [str(s).split("@")[0] for s in chunk_ids]
     pooled, segment_ids = np.stack(pooled), np.array(segment_ids)
-    return np.stack([pooled[segment_ids == series_id].mean(axis=0) for series_id in ids])
+    return np.stack([pooled[segment_ids == series_id].mean(axis=0) for series_id in task.ids])
 
 
 def train_from_scratch(config: STEPConfig, task: ProbeTask, steps: int, batch_size: int, seed: int) -> STEPEncoder:
@@ -121,13 +122,12 @@ def evaluate(params: Params) -> dict:
     scores: dict[str, dict[str, float]] = {}
     for name in tqdm(names, desc="evaluate", unit="task"):
         task = load_task(catalog.get(name), catalog, params.prepare.series_store)
-        reader_ids = open_reader(task.entry, catalog, params.prepare.series_store).ids
         embeddings = {
             "step-distilled": distilled.embed(task.series, task.sampling_rate, batch_size=config.batch_size),
             "step-random": random_student.embed(task.series, task.sampling_rate, batch_size=config.batch_size),
         }
         for teacher, store in stores.items():
-            embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task, reader_ids)
+            embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task)
         if config.scratch_steps > 0:
             scratch = train_from_scratch(distilled.config, task, config.scratch_steps, config.scratch_batch_size,
                                          config.seed)

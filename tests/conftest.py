@@ -19,3 +19,17 @@ def _isolated_home_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MPLCONFIGDIR", str(cache / "matplotlib"))
     monkeypatch.setenv("HF_HOME", str(cache / "huggingface"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def extracted_project(tmp_path_factory):
+    """The tiny project (tests/project.py), prepared and extracted with the three default teachers, once."""
+    from stages import extract as extract_stage
+    from stages import prepare as prepare_stage
+    from tests.project import write_project
+
+    root = tmp_path_factory.mktemp("project")
+    params_path = write_project(root)
+    prepare_stage.run(str(params_path))
+    extract_stage.run(str(params_path))
+    return root, params_path

@@ -14,18 +14,6 @@ from pipeline import STEPEncoder
 from pipeline.distill.loader import StoreCoverageError
 from pipeline.distill.train import distill
 from schemas.params import load_params
-from stages import extract as extract_stage
-from stages import prepare as prepare_stage
-from tests.project import write_project
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
-    params_path = write_project(root)
-    prepare_stage.run(str(params_path))
-    extract_stage.run(str(params_path))
-    return root, params_path
 
 
 def params_in(root, params_path, **distill_updates):
@@ -34,9 +22,9 @@ def params_in(root, params_path, **distill_updates):
     return params
 
 
-def test_distill_trains_without_any_teacher(project, monkeypatch):
+def test_distill_trains_without_any_teacher(extracted_project, monkeypatch):
     """No teacher adapter may be imported or built: importing pipeline.teachers during distill fails the test."""
-    root, params_path = project
+    root, params_path = extracted_project
     for name in [m for m in sys.modules if m.startswith("pipeline.teachers")]:
         monkeypatch.delitem(sys.modules, name)
 
@@ -62,8 +50,8 @@ def test_distill_trains_without_any_teacher(project, monkeypatch):
     assert (reports / "loss_curves.png").stat().st_size > 1000
 
 
-def test_resume_after_kill_matches_uninterrupted_run(project, tmp_path, monkeypatch):
-    root, params_path = project
+def test_resume_after_kill_matches_uninterrupted_run(extracted_project, tmp_path, monkeypatch):
+    root, params_path = extracted_project
     # 14 steps span more than one epoch (about 8 batches each), so the resume crosses an epoch boundary
     full = params_in(root, params_path, output_dir=str(tmp_path / "full"), checkpoint_dir=str(tmp_path / "ck_full"),
                      reports_dir=str(tmp_path / "rep_full"), max_steps=14, val_every=7)
@@ -94,9 +82,9 @@ def test_resume_after_kill_matches_uninterrupted_run(project, tmp_path, monkeypa
         tmp_path / "rep_killed/distill/train_loss.csv").read_text()
 
 
-def test_epochs_of_different_lengths_are_located_exactly(project):
+def test_epochs_of_different_lengths_are_located_exactly(extracted_project):
     """Epochs differ in batch count (partial batches per buffer); every global step maps to exactly one batch."""
-    root, params_path = project
+    root, params_path = extracted_project
     params = load_params(params_path)
     from data_catalog.catalog import load_catalog
     from pipeline.distill.loader import DistillationData, open_training_data
@@ -114,8 +102,8 @@ def test_epochs_of_different_lengths_are_located_exactly(project):
 
 
 @pytest.mark.parametrize("alignment", ["interpolate", "force_stride"])
-def test_alignments_and_crops_train(project, tmp_path, alignment):
-    root, params_path = project
+def test_alignments_and_crops_train(extracted_project, tmp_path, alignment):
+    root, params_path = extracted_project
     params = params_in(root, params_path, alignment=alignment, max_steps=3, output_dir=str(tmp_path / "m"),
                        checkpoint_dir=str(tmp_path / "c"), reports_dir=str(tmp_path / "r"))
     params.distill.crop.enabled = True
@@ -123,8 +111,8 @@ def test_alignments_and_crops_train(project, tmp_path, alignment):
     assert np.isfinite(metrics["val_loss"]["total"])
 
 
-def test_stale_store_is_refused(project, tmp_path):
-    root, params_path = project
+def test_stale_store_is_refused(extracted_project, tmp_path):
+    root, params_path = extracted_project
     params = load_params(params_path)
     spec = params.extract.teachers["spectral"]
     params.extract.teachers["spectral"] = spec.model_copy(update={"window_seconds": spec.window_seconds * 2})
@@ -132,16 +120,16 @@ def test_stale_store_is_refused(project, tmp_path):
         distill(params)
 
 
-def test_store_segmented_otherwise_is_refused(project, tmp_path):
-    root, params_path = project
+def test_store_segmented_otherwise_is_refused(extracted_project, tmp_path):
+    root, params_path = extracted_project
     params = load_params(params_path)
     params.segments.max_samples = 4096  # the stores were cut at 8192
     with pytest.raises(StoreCoverageError, match="segmented with"):
         distill(params)
 
 
-def test_data_set_missing_from_a_store_is_refused(project, tmp_path):
-    root, params_path = project
+def test_data_set_missing_from_a_store_is_refused(extracted_project, tmp_path):
+    root, params_path = extracted_project
     params = load_params(params_path)
     shutil.copytree(root / "data/features", tmp_path / "features")
     shutil.rmtree(tmp_path / "features/fracast.zarr/pre_radar")

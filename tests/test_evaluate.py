@@ -15,7 +15,7 @@ def task(labels: np.ndarray, classes: int, metric: str) -> ProbeTask:
         "probe": {"label": "y", "class_names": [f"c{i}" for i in range(classes)], "metric": metric},
     })
     train = np.arange(len(labels)) < len(labels) // 2
-    return ProbeTask(entry, [], labels, train, 1.0)
+    return ProbeTask(entry, [], [], labels, train, 1.0)
 
 
 def test_probe_on_separable_embeddings_scores_near_one():

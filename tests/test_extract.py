@@ -13,19 +13,6 @@ from pipeline.extract import TeacherBatchError, extract
 from pipeline.feature_store import FeatureStore, StoreMismatchError
 from pipeline.teachers import load_teacher
 from schemas.params import load_params
-from stages import extract as extract_stage
-from stages import prepare as prepare_stage
-from tests.project import write_project
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Prepared and fully extracted once for the module (three default teachers)."""
-    root = tmp_path_factory.mktemp("project")
-    params_path = write_project(root)
-    prepare_stage.run(str(params_path))
-    extract_stage.run(str(params_path))
-    return root, params_path
 
 
 def store_arrays(path) -> dict:
@@ -38,8 +25,8 @@ def store_arrays(path) -> dict:
     return out
 
 
-def test_store_layout_through_xarray(project):
-    root, params_path = project
+def test_store_layout_through_xarray(extracted_project):
+    root, params_path = extracted_project
     params = load_params(params_path)
     path = root / "data/features/silero_vad.zarr"
     ds = xr.open_zarr(path, group="pre_long", consolidated=True)
@@ -58,8 +45,8 @@ def test_store_layout_through_xarray(project):
     assert np.isnan(sleep["features"].values[:, expected:]).all()
 
 
-def test_manifest_statistics_match_numpy(project):
-    root, _ = project
+def test_manifest_statistics_match_numpy(extracted_project):
+    root, _ = extracted_project
     for teacher in ("silero_vad", "fracast", "spectral"):
         store = FeatureStore.open(root / f"data/features/{teacher}.zarr")
         assert store.manifest.complete
@@ -70,8 +57,8 @@ def test_manifest_statistics_match_numpy(project):
         np.testing.assert_allclose(store.manifest.feature_std, tokens.std(0), rtol=2e-2, atol=2e-3)
 
 
-def test_rerun_of_finished_extraction_does_nothing(project, monkeypatch):
-    root, params_path = project
+def test_rerun_of_finished_extraction_does_nothing(extracted_project, monkeypatch):
+    root, params_path = extracted_project
     params = load_params(params_path)
     catalog = load_catalog(params.prepare.catalog)
     from pipeline.teachers.base import TeacherAdapter
@@ -84,8 +71,8 @@ def test_rerun_of_finished_extraction_does_nothing(project, monkeypatch):
     assert manifest.complete
 
 
-def test_killed_extraction_resumes_to_identical_store(project, tmp_path, monkeypatch):
-    root, params_path = project
+def test_killed_extraction_resumes_to_identical_store(extracted_project, tmp_path, monkeypatch):
+    root, params_path = extracted_project
     params = load_params(params_path)
     params.extract.store_dir = str(tmp_path / "features")
     catalog = load_catalog(params.prepare.catalog)
@@ -116,8 +103,8 @@ def test_killed_extraction_resumes_to_identical_store(project, tmp_path, monkeyp
             == FeatureStore.open(root / "data/features/fracast.zarr").manifest.feature_mean)
 
 
-def test_store_from_another_configuration_is_refused(project, tmp_path):
-    root, params_path = project
+def test_store_from_another_configuration_is_refused(extracted_project, tmp_path):
+    root, params_path = extracted_project
     params = load_params(params_path)
     params.extract.store_dir = str(tmp_path / "features")
     shutil.copytree(root / "data/features/spectral.zarr", tmp_path / "features/spectral.zarr")
@@ -130,8 +117,8 @@ def test_store_from_another_configuration_is_refused(project, tmp_path):
     assert manifest.complete and list(manifest.groups) == ["pre_sleep"]
 
 
-def test_failing_batch_is_retried_smaller_then_named(project, tmp_path, monkeypatch):
-    root, params_path = project
+def test_failing_batch_is_retried_smaller_then_named(extracted_project, tmp_path, monkeypatch):
+    root, params_path = extracted_project
     params = load_params(params_path)
     params.extract.store_dir = str(tmp_path / "features")
     catalog = load_catalog(params.prepare.catalog)
@@ -162,8 +149,8 @@ def test_failing_batch_is_retried_smaller_then_named(project, tmp_path, monkeypa
     assert failed.pending_chunks("pre_sleep") == list(range(failed.n_chunks("pre_sleep")))  # nothing marked done
 
 
-def test_cli_extract_and_inspect(project, tmp_path):
-    root, params_path = project
+def test_cli_extract_and_inspect(extracted_project, tmp_path):
+    root, params_path = extracted_project
     runner = CliRunner()
     result = runner.invoke(app, ["extract", "--teacher", "nope", "--params", str(params_path)])
     assert result.exit_code == 2 and "extract.teachers has no ['nope']" in result.output
