@@ -147,13 +147,13 @@ def distill(params: Params, resume: bool = False, device: str | None = None, max
             step += 1
             seen += len(batch.segment_ids)
 
-            row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "total": float(loss)}
-            history["train"].append(row | {name: float(value) for name, value in parts.items()})
+            row = {"step": step, "lr": lr, "grad_norm": grad_norm.item(), "total": loss.item()}
+            history["train"].append(row | {name: value.item() for name, value in parts.items()})
             progress.update(1)
-            progress.set_postfix(loss=f"{float(loss):.3f}", seg_per_s=f"{seen / (time.perf_counter() - started):.1f}")
+            progress.set_postfix(loss=f"{row['total']:.3f}", seg_per_s=f"{seen / (time.perf_counter() - started):.1f}")
             if step % config.val_every == 0 or step == config.max_steps:
                 history["val"].append({"step": step} | validation_loss(objective, model, data, device, autocast))
-                log.info("step %d: train %.4f, val %.4f", step, float(loss), history["val"][-1]["total"])
+                log.info("step %d: train %.4f, val %.4f", step, row["total"], history["val"][-1]["total"])
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 save_checkpoint(checkpoint, model, heads, optimizer, step, history)
             if step >= config.max_steps:
