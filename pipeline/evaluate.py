@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from data_catalog.baseline import baseline_features
 from data_catalog.catalog import load_catalog, open_reader
+from pipeline.distill.loader import pad_series
 from pipeline.feature_store import FeatureStore
 from pipeline.student import STEPConfig, STEPEncoder
 from schemas.catalog import CatalogEntry
@@ -95,10 +96,7 @@ def train_from_scratch(config: STEPConfig, task: ProbeTask, steps: int, batch_si
     model.train()
     for _ in range(steps):
         rows = rng.choice(train_rows, size=min(batch_size, len(train_rows)), replace=False)
-        lengths = torch.tensor([task.series[r].shape[1] for r in rows])
-        values = torch.zeros(len(rows), task.series[rows[0]].shape[0], int(lengths.max()))
-        for i, r in enumerate(rows):
-            values[i, :, : lengths[i]] = torch.from_numpy(task.series[r])
+        values, lengths = pad_series([task.series[r] for r in rows])
         out = model(values, lengths, sampling_rate=task.sampling_rate)
         loss = torch.nn.functional.cross_entropy(head(out.pooled), torch.from_numpy(task.labels[rows]))
         loss = loss + out.patching_loss

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from data_catalog.readers import SeriesReader
 from data_catalog.segments import Segment, segment_series
@@ -65,6 +66,12 @@ class Batch:
                      self.sampling_rate, move(self.targets), move(self.n_tokens))
 
 
+def pad_series(series: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(channels, time_i) arrays -> (batch, channels, max time) zero-padded on the right, and lengths (batch,)."""
+    padded = pad_sequence([torch.from_numpy(np.ascontiguousarray(v.T)) for v in series], batch_first=True)
+    return padded.transpose(1, 2), torch.tensor([v.shape[1] for v in series])
+
+
 def pool_tokens(tokens: torch.Tensor, max_tokens: int) -> torch.Tensor:
     """(N, F) -> (ceil(N / k), F): means of k consecutive tokens, k the smallest factor giving <= max_tokens.
 
@@ -111,9 +118,6 @@ def check_stores(stores: dict[str, FeatureStore], expected_config: dict[str, dic
                     f"{where}, data set {data.name!r}: its {len(stored)} segment ids differ from the "
                     f"{len(expected)} segments of the series store; re-extract"
                 )
-    block_sizes = {store.manifest.compression.chunk_segments for store in stores.values()}
-    if len(block_sizes) != 1:
-        raise StoreCoverageError(f"feature stores use different chunk_segments {sorted(block_sizes)}")
 
 
 class DistillationData:
@@ -252,19 +256,13 @@ class DistillationData:
         if crop_seed is not None and self.crop_min_fraction is not None:
             rng = np.random.default_rng([crop_seed, index])
             items = [self._crop(item, data, rng) for item in items]
-        lengths = torch.tensor([values.shape[1] for _, values, _ in items])
-        padded = torch.zeros(len(items), items[0][1].shape[0], int(lengths.max()))
-        for i, (_, values, _) in enumerate(items):
-            padded[i, :, : values.shape[1]] = torch.from_numpy(np.ascontiguousarray(values))
+        values, lengths = pad_series([item[1] for item in items])
         targets, n_tokens = {}, {}
         for teacher in self.teachers:
             tokens = [pool_tokens(item[2][teacher], self.max_target_tokens) for item in items]
-            counts = torch.tensor([t.shape[0] for t in tokens])
-            stacked = torch.zeros(len(items), int(counts.max()), tokens[0].shape[1])
-            for i, t in enumerate(tokens):
-                stacked[i, : counts[i]] = t
-            targets[teacher], n_tokens[teacher] = stacked, counts
-        return Batch(dataset, [item[0] for item in items], padded, lengths, data.sampling_rate, targets, n_tokens)
+            targets[teacher] = pad_sequence(tokens, batch_first=True)  # (batch, max tokens, feature)
+            n_tokens[teacher] = torch.tensor([t.shape[0] for t in tokens])
+        return Batch(dataset, [item[0] for item in items], values, lengths, data.sampling_rate, targets, n_tokens)
 
     def _crop(self, item, data: DataSet, rng: np.random.Generator):
         """A random crop cut at token boundaries of the coarsest teacher, with every teacher's matching tokens.
@@ -300,6 +298,11 @@ def open_training_data(datasets, catalog, series_store: str, stores: dict[str, F
     """Segments of each training data set, with the block layout read from the stores."""
     from data_catalog.catalog import open_reader
 
+    block_sizes = {store.manifest.compression.chunk_segments for store in stores.values()}
+    if len(block_sizes) != 1:  # a block is the same segment range in every store
+        raise StoreCoverageError(f"feature stores use different chunk_segments {sorted(block_sizes)}")
+    block_size = block_sizes.pop()
+
     out = []
     for entry in datasets:
         reader = open_reader(entry, catalog, series_store)
@@ -309,7 +312,6 @@ def open_training_data(datasets, catalog, series_store: str, stores: dict[str, F
             raise StoreCoverageError(f"feature stores of {missing} have no data set {entry.name!r}; run extract "
                                      "for it (or leave it out of distill.datasets)")
         groups = {name: store.manifest.groups[entry.name] for name, store in stores.items()}
-        block_size = next(iter(stores.values())).manifest.compression.chunk_segments
         out.append(DataSet(
             name=entry.name, reader=reader, segments=segments,
             sampling_rate=next(iter(groups.values())).sampling_rate,
