@@ -54,7 +54,7 @@ def run_mode(mode: str, params_path: str, steps: int) -> dict:
     from data_catalog.catalog import load_catalog
     from pipeline.distill.loader import Batch, DistillationData, open_training_data
     from pipeline.distill.objective import DistillationObjective, TeacherHeads
-    from pipeline.feature_store import FeatureStore
+    from pipeline.feature_store import FeatureStore, store_location
     from pipeline.student import STEPConfig, STEPEncoder
     from schemas.params import load_params
 
@@ -62,7 +62,7 @@ def run_mode(mode: str, params_path: str, steps: int) -> dict:
     config = params.distill
     catalog = load_catalog(params.prepare.catalog)
     entries = [e for e in catalog.datasets if e.role == "pretrain"]
-    stores = {t: FeatureStore.open(Path(params.extract.store_dir) / f"{t}.zarr") for t in params.extract.teachers}
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
     data = DistillationData(open_training_data(entries, catalog, params.prepare.series_store, stores,
                                                params.segments.max_samples),
                             stores, config.batch_size, config.shuffle_blocks, config.prefetch_blocks, 0.0, 0)

@@ -8,12 +8,13 @@ Layout, one group per data set (open with `xarray.open_zarr(path, group=NAME, co
   label      (series,)          int32    class index, -1 when unlabelled
   split      (series,)          <U       "train" / "test" for probe sets, "" otherwise
 Group attrs hold the catalog entry and its hash; a group is rewritten when its entry changes, skipped otherwise.
+The store may live at a local path or any fsspec URL (s3://bucket/series.zarr, memory://...; see
+data_catalog.storage); prepare writes it from one process.
 """
 
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import zarr
 from tqdm import tqdm
 
 from data_catalog.readers import GeneratorReader
+from data_catalog.storage import StoreLocation
 from data_catalog.zarr_warnings import quiet_zarr_extension_warnings
 from schemas.catalog import CatalogEntry
 
@@ -38,8 +40,9 @@ def entry_hash(entry: CatalogEntry) -> str:
 
 def open_series_group(store_path: str | Path, entry: CatalogEntry) -> zarr.Group:
     """The prepared group of `entry`, refusing one that is missing, incomplete or from another entry."""
+    store = StoreLocation.of(store_path).zarr_store(read_only=True)
     try:
-        group = zarr.open_group(str(store_path), mode="r", path=entry.name, use_consolidated=False)
+        group = zarr.open_group(store, mode="r", path=entry.name, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise FileNotFoundError(
             f"{store_path}: no group {entry.name!r}; run `step-pipeline prepare` first"
@@ -55,13 +58,13 @@ def open_series_group(store_path: str | Path, entry: CatalogEntry) -> zarr.Group
 
 def write_dataset(store_path: str | Path, entry: CatalogEntry, chunk_samples: int) -> bool:
     """Generate `entry` into its group, streaming (memory: one chunk of samples). Returns False if up to date."""
-    root = zarr.open_group(str(store_path), mode="a", use_consolidated=False)
+    root = zarr.open_group(StoreLocation.of(store_path).zarr_store(), mode="a", use_consolidated=False)
     if entry.name in root:
         existing = root[entry.name]
         if existing.attrs.get("complete") and existing.attrs.get("entry_hash") == entry_hash(entry):
             log.info("%s: up to date, skipped", entry.name)
             return False
-        shutil.rmtree(Path(store_path) / entry.name)  # stale or half-written: rebuild from scratch
+        del root[entry.name]  # stale or half-written: rebuild from scratch
     reader = GeneratorReader(entry)
     group = root.create_group(entry.name)
     n, channels = len(reader), entry.channels
@@ -96,14 +99,15 @@ def write_dataset(store_path: str | Path, entry: CatalogEntry, chunk_samples: in
 
 
 def prepare(store_path: str | Path, entries: list[CatalogEntry], chunk_samples: int) -> list[str]:
-    """Materialise every generator entry; drop groups no longer in the catalog. Returns the rebuilt names."""
-    store_path = Path(store_path)
-    store_path.parent.mkdir(parents=True, exist_ok=True)
+    """Materialise every generator entry; drop groups no longer in the catalog. Returns the rebuilt names.
+
+    store_path: a local path or an fsspec URL."""
+    location = StoreLocation.of(store_path)
     rebuilt = [entry.name for entry in entries if write_dataset(store_path, entry, chunk_samples)]
-    root = zarr.open_group(str(store_path), mode="a", use_consolidated=False)
+    root = zarr.open_group(location.zarr_store(), mode="a", use_consolidated=False)
     for name in set(root.group_keys()) - {entry.name for entry in entries}:
-        log.info("%s: no longer in the catalog, removed from %s", name, store_path)
-        shutil.rmtree(store_path / name)
+        log.info("%s: no longer in the catalog, removed from %s", name, location.shown)
+        del root[name]
     with quiet_zarr_extension_warnings():
-        zarr.consolidate_metadata(str(store_path))
+        zarr.consolidate_metadata(location.zarr_store())
     return rebuilt

@@ -4,6 +4,8 @@ Options take their help text from the pydantic field descriptions in schemas/, s
 """
 
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -125,6 +127,10 @@ def extract(
     batch_size: Annotated[Optional[int], typer.Option(help=doc(FracastTeacher, "batch_size"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a store made with another configuration "
                                             "(otherwise it is refused).")] = False,
+    scheduler: Annotated[Optional[str], typer.Option(help="Run on this dask.distributed scheduler (e.g. "
+                                                     "tcp://10.0.0.5:8786); workers must see the stores.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Run on a local dask cluster of this many "
+                                                   "worker processes.")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Stream every segment through a teacher into its Zarr feature store (resumes where a run stopped)."""
@@ -134,22 +140,27 @@ def extract(
     from stages import extract as stage
 
     try:
-        stage.run(str(params), teacher, dataset, overwrite=overwrite, device=device, batch_size=batch_size)
+        if scheduler is not None and workers is not None:
+            fail("pass --scheduler (an existing cluster) or --workers (a local one), not both")
+        stage.run(str(params), teacher, dataset, overwrite=overwrite, device=device, batch_size=batch_size,
+                  scheduler=scheduler, workers=workers)
     except (ConfigError, DataError, StoreMismatchError, StoreLockedError, FileNotFoundError) as exc:
         fail(str(exc))
 
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A feature store (data/features/<teacher>.zarr).")],
+    path: Annotated[str, typer.Argument(help="A feature store: data/features/<teacher>.zarr or an fsspec URL "
+                                        "(s3://bucket/features/<teacher>.zarr).")],
     plot: Annotated[Optional[Path], typer.Option(help="Also draw feature statistics to this PNG.")] = None,
 ) -> None:
     """Groups, dims, chunking, codec, size on disk, compression ratio, manifest and feature statistics."""
     from pipeline.feature_store import describe_store, plot_store
 
-    if not path.exists():
-        fail(f"{path}: no such store")
-    console.print(describe_store(path), highlight=False)
+    try:
+        console.print(describe_store(path), highlight=False)
+    except (FileNotFoundError, ValueError) as exc:  # no store there, or one we refuse to read
+        fail(str(exc))
     if plot is not None:
         plot_store(path, plot)
         console.print(f"plot written to {plot}")
@@ -160,6 +171,8 @@ def distill(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint (same result as an unbroken run).")] = False,
     device: Annotated[Optional[str], typer.Option(help=doc(DistillParams, "device"))] = None,
     max_steps: Annotated[Optional[int], typer.Option(help=doc(DistillParams, "max_steps"))] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="Data-parallel processes on this machine (started with "
+                                       "torchrun; DDP, gloo on CPU, nccl on GPU).")] = 1,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train the STEP student from the feature stores (no teacher is loaded) into distill.output_dir."""
@@ -167,6 +180,12 @@ def distill(
     from schemas.loading import ConfigError
     from stages import distill as stage
 
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this command under torchrun, once per rank
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   "-m", "pipeline.cli", "distill", "--params", str(params)]
+        command += ["--resume"] * resume + (["--device", device] if device else [])
+        command += ["--max-steps", str(max_steps)] if max_steps is not None else []
+        raise typer.Exit(code=subprocess.run(command).returncode)
     try:
         stage.run(str(params), resume=resume, device=device, max_steps=max_steps)
     except (ConfigError, StoreCoverageError, FileNotFoundError) as exc:
@@ -253,3 +272,7 @@ def params_doc() -> None:
 
     walk(Params, "")
     console.print(table)
+
+
+if __name__ == "__main__":  # `python -m pipeline.cli`, what torchrun starts for `distill --nproc N`
+    app()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from data_catalog.baseline import baseline_features
 from data_catalog.catalog import load_catalog, open_reader
 from pipeline.distill.loader import pad_series
-from pipeline.feature_store import FeatureStore
+from pipeline.feature_store import FeatureStore, store_location
 from pipeline.student import STEPConfig, STEPEncoder
 from schemas.catalog import CatalogEntry
 from schemas.params import Params
@@ -115,7 +115,7 @@ def evaluate(params: Params) -> dict:
     distilled = STEPEncoder.from_pretrained(params.distill.output_dir).eval()
     torch.manual_seed(config.seed)
     random_student = STEPEncoder(distilled.config).eval()
-    stores = {t: FeatureStore.open(Path(params.extract.store_dir) / f"{t}.zarr") for t in params.extract.teachers}
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
 
     scores: dict[str, dict[str, float]] = {}
     for name in tqdm(names, desc="evaluate", unit="task"):

@@ -13,9 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -24,7 +22,7 @@ import pipeline
 from data_catalog.catalog import open_reader
 from data_catalog.readers import DataError, SeriesReader
 from data_catalog.segments import Segment, segment_series
-from pipeline.feature_store import FeatureStore
+from pipeline.feature_store import FeatureStore, store_location
 from pipeline.teachers import load_teacher
 from pipeline.teachers.base import TeacherAdapter
 from schemas.catalog import Catalog, CatalogEntry
@@ -167,59 +165,142 @@ class WriterThread:
             raise self.error
 
 
-def lay_out_groups(store: FeatureStore, teacher: TeacherAdapter, entries: list[CatalogEntry], catalog: Catalog,
-                 series_store: str, max_samples: int) -> Iterator[tuple[CatalogEntry, SeriesReader, list[Segment]]]:
-    """Lay out every group in the store (segments, token counts) and yield each data set with its segments."""
+@dataclass
+class DatasetSegments:
+    """A data set cut into segments: what the driver knows before any teacher runs."""
+
+    entry: CatalogEntry
+    reader: SeriesReader
+    segments: list[Segment]
+    sampling_rate: float
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One store chunk to compute: the unit of work, of resume and of distribution over workers."""
+
+    entry: CatalogEntry
+    chunk: int
+    segments: list[Segment]
+    sampling_rate: float
+    max_tokens: int
+
+
+def segment_datasets(entries: list[CatalogEntry], catalog: Catalog, series_store: str,
+                     max_samples: int) -> list[DatasetSegments]:
+    """Open each data set's reader and cut its series into segments (ids and lengths only, no values)."""
+    datasets = []
     for entry in entries:
         reader = open_reader(entry, catalog, series_store)
         segments = segment_series(reader.ids, known_lengths(reader), max_samples)
         rate = float(reader[0].sampling_rate) if entry.sampling_rate is None else entry.sampling_rate
-        n_tokens = np.array([teacher.num_tokens(s.length, rate) for s in segments])
-        token_rates = {teacher.token_rate(rate, length) for length in {s.length for s in segments}}
+        datasets.append(DatasetSegments(entry, reader, segments, rate))
+    return datasets
+
+
+def teacher_layout(teacher: TeacherAdapter, name: str, params: Params,
+                   requests: list[tuple[str, float, list[int]]]) -> tuple[FeatureStoreManifest, dict]:
+    """What only the teacher knows: the store manifest and, per data set, its token grid.
+
+    requests: (data set, sampling rate, distinct segment lengths). Returns (manifest,
+    {data set: ({length: n_tokens}, token_rate)}). On a cluster this runs on a worker, so the driver
+    never loads the teacher.
+    """
+    layouts = {}
+    for dataset, rate, lengths in requests:
+        token_rates = {teacher.token_rate(rate, length) for length in lengths}
         if len(token_rates) > 1:  # a teacher that decimates by a length-dependent factor, on mixed lengths
             raise DataError(
-                f"data set {entry.name!r}: teacher {teacher.name!r} gives its segments different token rates "
-                f"{sorted(token_rates)} (lengths {min(s.length for s in segments)}..{max(s.length for s in segments)}"
-                f" are decimated differently); one store group needs one token grid: disable the teacher's "
-                "decimation (e.g. fracast max_steps: null) or cut the series to one length"
+                f"data set {dataset!r}: teacher {teacher.name!r} gives its segments different token rates "
+                f"{sorted(token_rates)} (lengths {min(lengths)}..{max(lengths)} are decimated differently); one "
+                "store group needs one token grid: disable the teacher's decimation (e.g. fracast max_steps: "
+                "null) or cut the series to one length"
             )
-        store.ensure_group(entry.name, [s.id for s in segments], n_tokens, token_rates.pop(), rate)
-        yield entry, reader, segments
+        layouts[dataset] = ({length: teacher.num_tokens(length, rate) for length in lengths}, token_rates.pop())
+    return store_manifest(name, teacher, params), layouts
+
+
+def lay_out_groups(store: FeatureStore, datasets: list[DatasetSegments], layouts: dict) -> list[ChunkTask]:
+    """Lay out every group in the store (segments, token counts) and list the chunks still to compute."""
+    tasks = []
+    for dataset in datasets:
+        tokens_of_length, token_rate = layouts[dataset.entry.name]
+        n_tokens = np.array([tokens_of_length[s.length] for s in dataset.segments])
+        store.ensure_group(dataset.entry.name, [s.id for s in dataset.segments], n_tokens, token_rate,
+                           dataset.sampling_rate)
+        max_tokens = store.manifest.groups[dataset.entry.name].max_tokens
+        for chunk in store.pending_chunks(dataset.entry.name):
+            rows = store.chunk_slice(dataset.entry.name, chunk)
+            tasks.append(ChunkTask(dataset.entry, chunk, dataset.segments[rows], dataset.sampling_rate, max_tokens))
+    return tasks
+
+
+def write_chunks_here(teacher: TeacherAdapter, store: FeatureStore, tasks: list[ChunkTask],
+                      datasets: list[DatasetSegments], batch_size: int, queue_size: int,
+                      progress: tqdm) -> float:
+    """Compute the chunks in this process, writing behind a bounded queue; returns seconds spent writing."""
+    values_of = {d.entry.name: SegmentValues(d.reader) for d in datasets}
+    writer = WriterThread(store, queue_size)
+    try:
+        for task in tasks:
+            features = encode_chunk(teacher, task.segments, values_of[task.entry.name], task.sampling_rate,
+                                    task.max_tokens, batch_size, task.entry.name)
+            writer.put(task.entry.name, task.chunk, features)
+            progress.update(len(task.segments))
+    finally:
+        writer.close()
+    return writer.seconds_writing
 
 
 def extract(name: str, params: Params, catalog: Catalog, entries: list[CatalogEntry], overwrite: bool = False,
-            device: str | None = None, batch_size: int | None = None) -> FeatureStoreManifest:
-    """Extract teacher `name` over `entries` into <store_dir>/<name>.zarr; resumes, refuses foreign stores."""
+            device: str | None = None, batch_size: int | None = None, scheduler: str | None = None,
+            workers: int | None = None) -> FeatureStoreManifest:
+    """Extract teacher `name` over `entries` into <store_dir>/<name>.zarr; resumes, refuses foreign stores.
+
+    By default everything runs in this process. With `scheduler` (a dask.distributed address) or `workers`
+    (a LocalCluster of that many processes) the chunks are computed and written by Dask workers, each
+    loading the teacher once; this process lays out the store, holds its lock and finalizes it. Both give
+    the same store.
+    """
     spec = params.extract.teachers[name]
     runtime = {k: v for k, v in {"device": device, "batch_size": batch_size}.items() if v is not None}
     spec = spec.model_copy(update=runtime)
-    teacher = load_teacher(name, spec)
-    path = Path(params.extract.store_dir) / f"{name}.zarr"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    manifest = store_manifest(name, teacher, params)
+    path = store_location(params.extract.store_dir, name)
+    datasets = segment_datasets(entries, catalog, params.prepare.series_store, params.segments.max_samples)
+    requests = [(d.entry.name, d.sampling_rate, sorted({s.length for s in d.segments})) for d in datasets]
     started = time.perf_counter()
+
+    if scheduler is None and workers is None:
+        teacher = load_teacher(name, spec)
+        manifest, layouts = teacher_layout(teacher, name, params, requests)
+
+        def write_chunks(store, tasks, progress):
+            return write_chunks_here(teacher, store, tasks, datasets, spec.batch_size, params.extract.queue_size,
+                                     progress)
+
+        return _extract_into(path, manifest, layouts, datasets, params, overwrite, write_chunks, started)
+
+    from pipeline import cluster  # dask.distributed is imported only when asked for
+
+    with cluster.dask_client(scheduler, workers) as client:
+        manifest, layouts = cluster.load_teacher_on_workers(client, name, spec, params, requests)
+
+        def write_chunks(store, tasks, progress):
+            return cluster.write_chunks_on_workers(client, store, tasks, catalog, params.prepare.series_store,
+                                                   spec.batch_size, progress)
+
+        return _extract_into(path, manifest, layouts, datasets, params, overwrite, write_chunks, started)
+
+
+def _extract_into(path: str, manifest: FeatureStoreManifest, layouts: dict, datasets: list[DatasetSegments],
+                  params: Params, overwrite: bool, write_chunks, started: float) -> FeatureStoreManifest:
+    """Open (or resume) the store, compute its pending chunks with `write_chunks`, finalize."""
     with FeatureStore.create_or_open(path, manifest, params.extract.compression, overwrite=overwrite) as store:
-        work = list(lay_out_groups(store, teacher, entries, catalog, params.prepare.series_store,
-                                 params.segments.max_samples))
-        todo = {entry.name: store.pending_chunks(entry.name) for entry, _, _ in work}
-        slices = [store.chunk_slice(group, chunk) for group, chunks in todo.items() for chunk in chunks]
-        total = sum(rows.stop - rows.start for rows in slices)
-        writer = WriterThread(store, params.extract.queue_size)
-        try:
-            with tqdm(total=total, desc=f"extract {name}", unit="seg", dynamic_ncols=True) as progress:
-                for entry, reader, segments in work:
-                    values_of = SegmentValues(reader)
-                    rate = store.manifest.groups[entry.name].sampling_rate
-                    max_tokens = store.manifest.groups[entry.name].max_tokens
-                    for chunk in todo[entry.name]:
-                        rows = store.chunk_slice(entry.name, chunk)
-                        features = encode_chunk(teacher, segments[rows], values_of, rate, max_tokens,
-                                                spec.batch_size, entry.name)
-                        writer.put(entry.name, chunk, features)
-                        progress.update(rows.stop - rows.start)
-        finally:
-            writer.close()
+        tasks = lay_out_groups(store, datasets, layouts)
+        total = sum(len(task.segments) for task in tasks)
+        with tqdm(total=total, desc=f"extract {manifest.teacher}", unit="seg", dynamic_ncols=True) as progress:
+            seconds_writing = write_chunks(store, tasks, progress)
         final = store.finalize()
-    log.info("%s: %d segments in %.1f s (writer busy %.1f s) -> %s", name, total,
-             time.perf_counter() - started, writer.seconds_writing, path)
+    log.info("%s: %d segments in %.1f s (writing %.1f s) -> %s", manifest.teacher, total,
+             time.perf_counter() - started, seconds_writing, path)
     return final

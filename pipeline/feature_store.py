@@ -22,9 +22,14 @@ Why it looks like this:
   bytes. A finished store therefore equals an uninterrupted run's.
 - The statistics the distillation loss standardises with are kept per chunk and merged at the end (Chan et
   al.), so they need no second pass over the features and survive a resume unchanged.
-- Only one process may write a store: it holds a non-blocking flock on the store directory itself (a lock
-  file inside would make zarr and xarray warn about an unknown object; one beside it would litter
-  data/features/). Readers take no lock.
+- A store lives at a local path or any fsspec URL (s3://bucket/features/x.zarr, memory://, file://); see
+  data_catalog.storage. Every write replaces one whole file or object, atomically on local disks (zarr's
+  LocalStore renames a temporary file) and on object stores (a PUT), which is what resuming relies on.
+- Only one process may write a store. On a local filesystem it holds a non-blocking flock on the store
+  directory itself (a lock file inside would make zarr and xarray warn about an unknown object; one beside
+  it would litter data/features/). Object stores have no locks, and a lock object would outlive a killed
+  run and block its resume, so there the single writer is the user's responsibility (one extraction per
+  store, e.g. one DVC stage or one cluster job); create_or_open logs a warning saying so. Readers take no lock.
 - Zarr extensions used knowingly: fixed-length UTF-32 segment ids, numcodecs BitRound/Quantize filters and
   consolidated metadata. zarr warns that each is outside the v3 spec; we silence those warnings around our
   own calls, and other zarr implementations may not read lossy stores.
@@ -35,7 +40,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -46,6 +50,7 @@ from pydantic import ValidationError
 from zarr.codecs import BloscCodec
 from zarr.codecs.numcodecs import BitRound, Quantize
 
+from data_catalog.storage import StoreLocation
 from data_catalog.zarr_warnings import quiet_zarr_extension_warnings
 from schemas.manifest import (
     SCHEMA_VERSION,
@@ -59,6 +64,7 @@ from schemas.manifest import (
 
 __all__ = [
     "FeatureStore",
+    "store_location",
     "StoreLockedError",
     "StoreMismatchError",
     "config_hash",
@@ -83,6 +89,11 @@ class StoreMismatchError(RuntimeError):
 
 class StoreLockedError(RuntimeError):
     """Another process is writing the store."""
+
+
+def store_location(store_dir: str | Path, teacher: str) -> str:
+    """Where a teacher's store lives: <store_dir>/<teacher>.zarr, for a local directory or an fsspec URL."""
+    return f"{str(store_dir).rstrip('/')}/{teacher}.zarr"
 
 
 def merge_moments(counts, means, m2s) -> tuple[int, np.ndarray, np.ndarray]:
@@ -138,16 +149,18 @@ def _compressors(compression: StoreCompression) -> list:
     return [BloscCodec(cname=compression.codec, clevel=compression.clevel, shuffle="bitshuffle")]
 
 
-def _read_manifest_json(path: Path) -> dict:
+def _read_manifest_json(location: StoreLocation) -> dict:
     """The raw manifest dict from the root zarr.json, read without zarr (so nothing untrusted is decoded)."""
-    root_metadata = json.loads((path / "zarr.json").read_text())
+    root_metadata = json.loads(location.fs.cat_file(location.join("zarr.json")))
     manifest = root_metadata.get("attributes", {}).get("manifest")
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path} is a zarr store without a feature-store manifest (attrs['manifest'])")
+        raise ValueError(
+            f"{location.shown} is a zarr store without a feature-store manifest (attrs['manifest'])"
+        )
     return manifest
 
 
-def _validated_manifest(path: Path, raw: dict) -> FeatureStoreManifest:
+def _validated_manifest(path: str | Path, raw: dict) -> FeatureStoreManifest:
     if raw.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(
             f"feature store {path} has schema_version {raw.get('schema_version')!r}; this version of "
@@ -159,10 +172,11 @@ def _validated_manifest(path: Path, raw: dict) -> FeatureStoreManifest:
         raise ValueError(f"feature store {path} has an invalid manifest:\n{error}") from None
 
 
-def _untrusted_metadata(path: Path) -> list[str]:
+def _untrusted_metadata(location: StoreLocation) -> list[str]:
     """Every node of the store (its zarr.json files and its consolidated metadata) whose dtype or codecs
-    are not on the whitelist, as readable problem strings."""
-    problems = [f"{p.relative_to(path)}: zarr v2 metadata" for p in path.rglob(".z*") if p.is_file()]
+    are not on the whitelist, as readable problem strings. Read with fsspec, never through zarr."""
+    keys = [location.relative(path) for path in location.fs.find(location.path)]  # every file, as a store key
+    problems = [f"{key}: zarr v2 metadata" for key in keys if key.rpartition("/")[2].startswith(".z")]
     nodes: dict[str, dict] = {}
 
     def collect_consolidated(prefix: str, document: dict) -> None:
@@ -170,9 +184,9 @@ def _untrusted_metadata(path: Path) -> list[str]:
             nodes[f"{prefix}{key} (consolidated)"] = child
             collect_consolidated(f"{prefix}{key}/", child)
 
-    for metadata_file in path.rglob("zarr.json"):
-        document = json.loads(metadata_file.read_text())
-        key = metadata_file.parent.relative_to(path).as_posix()
+    for metadata_key in (key for key in keys if key.rpartition("/")[2] == "zarr.json"):
+        document = json.loads(location.fs.cat_file(location.join(metadata_key)))
+        key = metadata_key.rpartition("/")[0] or "."
         nodes[key] = document
         collect_consolidated("" if key == "." else f"{key}/", document)
 
@@ -190,20 +204,43 @@ def _untrusted_metadata(path: Path) -> list[str]:
     return problems
 
 
-def _remove_partial_files(path: Path) -> None:
-    """Delete the temporary files zarr writes before an atomic rename, left behind by a killed run."""
-    for partial in path.rglob("*.partial"):
-        logger.info("removing %s left by an interrupted write", partial)
-        partial.unlink()
+def _remove_partial_files(location: StoreLocation) -> None:
+    """Delete the temporary files zarr's LocalStore writes before an atomic rename, left by a killed run
+    (object stores have none: an interrupted PUT leaves no object)."""
+    if not location.is_local:
+        return
+    for partial in location.fs.find(location.path):
+        if partial.endswith(".partial"):
+            logger.info("removing %s left by an interrupted write", partial)
+            location.fs.rm_file(partial)
 
 
-def _clear_store_dir(path: Path) -> None:
-    """Delete everything in the store directory, but not the directory (its flock is ours)."""
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+def _clear_store(location: StoreLocation) -> None:
+    """Delete everything in the store, but not its directory (its flock is ours)."""
+    for child in location.children():
+        location.fs.rm(child, recursive=True)
+
+
+def _lock_store(location: StoreLocation) -> int | None:
+    """The single-writer lock: a flock on a local store's directory (released when the descriptor is closed,
+    also by a killed process), returned as that descriptor. None on other filesystems, which have no locks."""
+    if not location.is_local:
+        logger.warning(
+            "feature store %s is on %s, which has no locks: make sure no other extraction writes it at the "
+            "same time", location.shown, type(location.fs).__name__,
+        )  # fmt: skip
+        return None
+    location.fs.makedirs(location.path, exist_ok=True)
+    lock_fd = os.open(location.path, os.O_RDONLY)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise StoreLockedError(
+            f"feature store {location.shown} is being written by another extraction (it holds a lock on the "
+            "directory); wait for it to finish or stop it"
+        ) from None
+    return lock_fd
 
 
 def _mismatches(stored: FeatureStoreManifest, requested: FeatureStoreManifest) -> list[str]:
@@ -248,12 +285,16 @@ class FeatureStore:
     ARRAY_NAMES = ("features", "n_tokens", "segment_id", "token_start", "token_end",
                    "stat_count", "stat_mean", "stat_m2", "chunk_done")  # fmt: skip
 
-    def __init__(self, path: Path, root: zarr.Group, manifest: FeatureStoreManifest, lock_fd: int | None = None):
-        """Use create_or_open or open."""
-        self.path = path
+    def __init__(self, location: StoreLocation, root: zarr.Group, manifest: FeatureStoreManifest,
+                 writable: bool = False, lock_fd: int | None = None, chunk_writer: bool = False):
+        """Use create_or_open, open or open_chunk_writer."""
+        self.path = location.shown  # a Path for a local path, else the URL as given: for messages
         self.manifest = manifest
+        self._location = location
         self._root = root
-        self._lock_fd = lock_fd  # the store directory, open and flock'd while writing; None when read-only
+        self._writable = writable  # opened by create_or_open and not closed yet
+        self._lock_fd = lock_fd  # a local store's directory, open and flock'd while writing; None otherwise
+        self._chunk_writer = chunk_writer  # a cluster worker: may write chunks the driver handed it, nothing else
         self._arrays: dict[str, dict[str, zarr.Array]] = {}  # group -> array name -> array
         self._segment_ids: dict[str, np.ndarray] = {}  # group -> (segment,) <U..
         self._n_tokens: dict[str, np.ndarray] = {}  # group -> (segment,) int32
@@ -270,40 +311,33 @@ class FeatureStore:
     ) -> "FeatureStore":
         """Open a store for writing: create it, resume it when its configuration matches, else refuse.
 
-        The store records `manifest` with `compression` filled in. A store whose identity fields differ
-        (config hash, model, layer, compression, schema version, ...) raises StoreMismatchError naming
-        them, unless overwrite=True, which deletes it first. Holds an exclusive lock until close();
-        a second writer gets StoreLockedError.
+        path: a local path or an fsspec URL. The store records `manifest` with `compression` filled in.
+        A store whose identity fields differ (config hash, model, layer, compression, schema version, ...)
+        raises StoreMismatchError naming them, unless overwrite=True, which deletes it first. On a local
+        filesystem it holds an exclusive lock until close() and a second writer gets StoreLockedError;
+        elsewhere there is no lock (see the module docstring).
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise StoreLockedError(
-                f"feature store {path} is being written by another extraction (it holds a lock on the "
-                "directory); wait for it to finish or stop it"
-            ) from None
-
+        location = StoreLocation.of(path)
+        lock_fd = _lock_store(location)
         try:
             requested = manifest.model_copy(update={"compression": compression})
             if overwrite:
-                logger.warning("overwriting feature store %s", path)
-                _clear_store_dir(path)
-            if (path / "zarr.json").is_file():
-                return cls._resume(path, requested, lock_fd)
-            return cls._create(path, requested, lock_fd)
+                logger.warning("overwriting feature store %s", location.shown)
+                _clear_store(location)
+            if location.fs.isfile(location.join("zarr.json")):
+                return cls._resume(location, requested, lock_fd)
+            return cls._create(location, requested, lock_fd)
         except BaseException:
-            os.close(lock_fd)
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise
 
     @classmethod
-    def _resume(cls, path: Path, requested: FeatureStoreManifest, lock_fd: int) -> "FeatureStore":
+    def _resume(cls, location: StoreLocation, requested: FeatureStoreManifest, lock_fd: int | None) -> "FeatureStore":
+        path = location.shown
         refusal = "Pass --overwrite to replace it (its features are deleted)."
         try:
-            stored = _validated_manifest(path, _read_manifest_json(path))
+            stored = _validated_manifest(path, _read_manifest_json(location))
         except ValueError as error:
             raise StoreMismatchError(f"{error}. {refusal}") from None
         differences = _mismatches(stored, requested)
@@ -313,10 +347,10 @@ class FeatureStore:
                 + "\n  ".join(differences)
                 + f"\n{refusal}"
             )
-        _remove_partial_files(path)
+        _remove_partial_files(location)
         with quiet_zarr_extension_warnings():  # never the consolidated metadata: it may be stale
-            root = zarr.open_group(store=str(path), mode="r+", zarr_format=3, use_consolidated=False)
-        store = cls(path, root, stored, lock_fd)
+            root = zarr.open_group(store=location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False)
+        store = cls(location, root, stored, writable=True, lock_fd=lock_fd)
         for name in stored.groups:
             store._load_group(name)
         done = "complete" if stored.complete else "resuming"
@@ -324,11 +358,11 @@ class FeatureStore:
         return store
 
     @classmethod
-    def _create(cls, path: Path, requested: FeatureStoreManifest, lock_fd: int) -> "FeatureStore":
-        leftovers = [child.name for child in path.iterdir()]
+    def _create(cls, location: StoreLocation, requested: FeatureStoreManifest, lock_fd: int | None) -> "FeatureStore":
+        leftovers = [child.rstrip("/").rpartition("/")[2] for child in location.children()]
         if leftovers:
             raise StoreMismatchError(
-                f"{path} exists but is not a feature store (no zarr.json; holds {sorted(leftovers)[:5]}). "
+                f"{location.shown} exists but is not a feature store (no zarr.json; holds {sorted(leftovers)[:5]}). "
                 "Pass --overwrite to replace it."
             )
         manifest = requested.model_copy(
@@ -343,25 +377,46 @@ class FeatureStore:
         )
         with quiet_zarr_extension_warnings():
             root = zarr.create_group(
-                store=str(path), zarr_format=3, attributes={"manifest": manifest.model_dump(mode="json")}
+                store=location.zarr_store(), zarr_format=3, attributes={"manifest": manifest.model_dump(mode="json")}
             )
-        logger.info("created feature store %s (%s)", path, manifest.compression.describe())
-        return cls(path, root, manifest, lock_fd)
+        logger.info("created feature store %s (%s)", location.shown, manifest.compression.describe())
+        return cls(location, root, manifest, writable=True, lock_fd=lock_fd)
 
     @classmethod
     def open(cls, path: str | Path) -> "FeatureStore":
-        """Open a store read-only (no lock), after checking that it is one we can trust to decode."""
-        path = Path(path)
-        if not (path / "zarr.json").is_file():
-            raise FileNotFoundError(f"no feature store at {path} (no zarr.json)")
-        problems = _untrusted_metadata(path)
+        """Open a store (local path or fsspec URL) read-only, without a lock, after checking that it is one we
+        can trust to decode."""
+        location = StoreLocation.of(path)
+        if not location.fs.isfile(location.join("zarr.json")):
+            raise FileNotFoundError(f"no feature store at {location.shown} (no zarr.json)")
+        problems = _untrusted_metadata(location)
         if problems:
-            raise ValueError(f"refusing to read feature store {path}:\n  " + "\n  ".join(problems))
-        manifest = _validated_manifest(path, _read_manifest_json(path))
+            raise ValueError(f"refusing to read feature store {location.shown}:\n  " + "\n  ".join(problems))
+        manifest = _validated_manifest(location.shown, _read_manifest_json(location))
         with quiet_zarr_extension_warnings():
-            root = zarr.open_group(store=str(path), mode="r", zarr_format=3)
-        store = cls(path, root, manifest)
+            root = zarr.open_group(store=location.zarr_store(read_only=True), mode="r", zarr_format=3)
+        store = cls(location, root, manifest)
         for name in manifest.groups:
+            store._load_group(name)
+        return store
+
+    @classmethod
+    def open_chunk_writer(cls, path: str | Path) -> "FeatureStore":
+        """Open a store laid out by a driver that holds its lock, to write the chunks the driver hands out.
+
+        What a Dask worker uses: it takes no lock (the driver holds it), may only call write_chunk, and
+        chunks are disjoint regions with their own statistics and flag files, so workers never write the
+        same file. The driver finalizes. path: a local path or fsspec URL that every worker can reach.
+        """
+        store = cls.open(path)
+        if store.manifest.complete:
+            raise RuntimeError(f"feature store {store.path} is complete: there are no chunks to write")
+        with quiet_zarr_extension_warnings():
+            store._root = zarr.open_group(
+                store=store._location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False
+            )
+        store._chunk_writer = True
+        for name in store.manifest.groups:
             store._load_group(name)
         return store
 
@@ -374,7 +429,8 @@ class FeatureStore:
         self._n_tokens[name] = self._arrays[name]["n_tokens"][:]
 
     def close(self) -> None:
-        """Release the write lock (if held). Safe to call twice."""
+        """Stop writing and release the write lock (if held). Safe to call twice."""
+        self._writable = False
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
@@ -546,7 +602,7 @@ class FeatureStore:
         largest n_tokens and the group's max_tokens; whatever lies beyond a segment's n_tokens is replaced by
         NaN. Everything is checked before anything is written, so a bad batch leaves the chunk pending.
         """
-        self._require_writable()
+        self._require_writable(chunk_writes=True)
         arrays = self._group_arrays(name)
         segments = self.chunk_slice(name, chunk)
         chunk_ids, chunk_n_tokens = self._segment_ids[name][segments], self._n_tokens[name][segments]
@@ -584,7 +640,7 @@ class FeatureStore:
         count, mean, m2 = _merge_m2(counts, np.reshape(means, (-1, feature_dim)), np.reshape(m2s, (-1, feature_dim)))
 
         if self.manifest.complete:
-            self._mark_incomplete()
+            self._mark_incomplete()  # never in a chunk writer: it refuses complete stores
         if arrays["chunk_done"][chunk]:
             arrays["chunk_done"][chunk] = False  # rewriting: never leave a half-rewritten chunk marked done
         arrays["features"][segments] = padded.astype(self.manifest.dtype)
@@ -628,7 +684,7 @@ class FeatureStore:
         )
         self._write_manifest()
         with quiet_zarr_extension_warnings():
-            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+            zarr.consolidate_metadata(self._location.zarr_store(), zarr_format=3)
         logger.info("finalized feature store %s: %d groups, %d tokens", self.path, len(groups), count)
         return self.manifest
 
@@ -644,8 +700,8 @@ class FeatureStore:
     def _write_manifest(self) -> None:
         self._root.update_attributes({"manifest": self.manifest.model_dump(mode="json")})
 
-    def _require_writable(self) -> None:
-        if self._lock_fd is None:
+    def _require_writable(self, chunk_writes: bool = False) -> None:
+        if not self._writable and not (chunk_writes and self._chunk_writer):
             raise RuntimeError(f"feature store {self.path} is open read-only (or closed); use create_or_open")
 
     # ---------------------------------------------------------------- reading
@@ -668,8 +724,9 @@ class FeatureStore:
 # -------------------------------------------------------------------- inspect
 
 
-def _bytes_under(path: Path) -> int:
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+def _bytes_under(location: StoreLocation, *key: str) -> int:
+    """Bytes of the files (objects) under a key of the store."""
+    return sum(location.fs.du(location.join(*key), total=False).values())
 
 
 def _human_bytes(n: float) -> str:
@@ -710,12 +767,14 @@ def _store_statistics(store: FeatureStore) -> tuple[int, np.ndarray, np.ndarray,
 
 
 def describe_store(path: str | Path) -> str:
-    """The `step-pipeline inspect` text: manifest, then per group its dims, chunking, codecs, sizes, then stats."""
+    """The `step-pipeline inspect` text: manifest, then per group its dims, chunking, codecs, sizes, then stats.
+
+    path: a local path or fsspec URL; "on disk" sizes are the stored objects' sizes wherever they are."""
     store = FeatureStore.open(path)
     manifest = store.manifest
     lines = [
         f"Feature store {store.path}  ({'complete' if manifest.complete else 'INCOMPLETE'})",
-        f"  on disk: {_human_bytes(_bytes_under(store.path))}",
+        f"  on disk: {_human_bytes(_bytes_under(store._location))}",
         "Manifest",
     ]
     for field in ("teacher", "kind", "model_id", "revision", "weights_sha256", "layer", "native_rate",
@@ -730,7 +789,7 @@ def describe_store(path: str | Path) -> str:
         n_segments, max_tokens, feature_dim = features.shape
         valid_tokens = int(store.segments(name)[1].sum())
         n_done = store.n_chunks(name) - len(store.pending_chunks(name))
-        on_disk = _bytes_under(store.path / name / "features")
+        on_disk = _bytes_under(store._location, name, "features")
         logical = features.nbytes  # the full (segment, token, feature) box, NaN padding included
         valid_raw = valid_tokens * feature_dim * features.dtype.itemsize
         lines += [

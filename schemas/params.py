@@ -19,7 +19,8 @@ class Section(BaseModel):
 
 class PrepareParams(Section):
     catalog: str = Field("data_catalog/catalog.yaml", description="Catalog file declaring the data sets.")
-    series_store: str = Field("data/series.zarr", description="Zarr store the generated data sets are written to.")
+    series_store: str = Field("data/series.zarr", description="Zarr store the generated data sets are written "
+                              "to: a local path or an fsspec URL (s3://...).")
     chunk_samples: int = Field(262144, ge=1024, description="Samples per chunk along time in the series store.")
 
 
@@ -36,7 +37,8 @@ class ExtractParams(Section):
     datasets: list[str] | None = Field(
         None, description="Data sets to extract (default: every catalog data set, pretrain and probe)."
     )
-    store_dir: str = Field("data/features", description="Directory of the feature stores (<teacher>.zarr).")
+    store_dir: str = Field("data/features", description="Directory of the feature stores (<teacher>.zarr): a "
+                           "local path or an fsspec URL (s3://...).")
     compression: StoreCompression = Field(default_factory=StoreCompression, description="Store dtype and codecs.")
     queue_size: int = Field(4, ge=1, description="Batches waiting for the writer thread (bounds memory).")
 

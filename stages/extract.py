@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 
 
 def run(params_path: str = "params.yaml", teachers: list[str] | None = None, datasets: list[str] | None = None,
-        overwrite: bool = False, device: str | None = None, batch_size: int | None = None) -> None:
+        overwrite: bool = False, device: str | None = None, batch_size: int | None = None,
+        scheduler: str | None = None, workers: int | None = None) -> None:
     params = load_params(params_path)
     catalog = load_catalog(params.prepare.catalog)
     names = teachers or list(params.extract.teachers)
@@ -24,4 +25,5 @@ def run(params_path: str = "params.yaml", teachers: list[str] | None = None, dat
     except KeyError as exc:
         raise ConfigError(f"{params_path}: extract.datasets: {exc.args[0]}") from None
     for name in names:
-        extract(name, params, catalog, entries, overwrite=overwrite, device=device, batch_size=batch_size)
+        extract(name, params, catalog, entries, overwrite=overwrite, device=device, batch_size=batch_size,
+                scheduler=scheduler, workers=workers)

@@ -19,7 +19,8 @@ def test_help_lists_every_stage():
     for command in ("catalog", "prepare", "extract", "distill", "evaluate", "embed", "inspect", "params"):
         assert command in result.output
     # option help comes from the pydantic field descriptions
-    assert "Optimisation steps" in runner.invoke(app, ["distill", "--help"]).output
+    wide = {"COLUMNS": "200"}  # no line wrapping in the help table
+    assert "Optimisation steps" in runner.invoke(app, ["distill", "--help"], env=wide).output
     params_doc = runner.invoke(app, ["params"]).output
     assert "distill.max_target_tokens" in params_doc and "average-pooled" in params_doc
 

@@ -125,8 +125,10 @@ class DistillationData:
 
     def __init__(self, datasets: list[DataSet], stores: dict[str, FeatureStore], batch_size: int,
                  shuffle_blocks: int, prefetch_blocks: int, val_fraction: float, seed: int,
-                 crop_min_fraction: float | None = None, max_target_tokens: int = 256):
+                 crop_min_fraction: float | None = None, max_target_tokens: int = 256, rank: int = 0,
+                 world_size: int = 1):
         self.datasets = {d.name: d for d in datasets}
+        self.rank, self.world_size = rank, world_size  # data-parallel: this rank reads blocks rank::world_size
         self.stores = stores
         self.batch_size, self.shuffle_blocks, self.prefetch = batch_size, shuffle_blocks, prefetch_blocks
         self.seed, self.crop_min_fraction, self.max_target_tokens = seed, crop_min_fraction, max_target_tokens
@@ -138,6 +140,9 @@ class DistillationData:
         self.val_rows = {d.name: np.array([is_validation(s.id, val_fraction) for s in d.segments], bool)
                          for d in datasets}
         self.blocks = [(d.name, b) for d in datasets for b in range(d.n_blocks)]
+        if len(self.blocks) < world_size:
+            raise ValueError(f"{len(self.blocks)} store blocks cannot be shared by {world_size} ranks: use fewer "
+                             "processes or smaller store chunks (extract.compression.chunk_segments)")
 
     @property
     def n_train(self) -> int:
@@ -148,9 +153,23 @@ class DistillationData:
         return range(block * data.block_size, min((block + 1) * data.block_size, len(data.segments)))
 
     def epoch_plan(self, epoch: int) -> list[tuple[list[tuple[str, int]], list[tuple[str, np.ndarray]]]]:
-        """[(blocks to read, [(data set, segment rows of one batch), ...]), ...] for one training epoch."""
+        """[(blocks to read, [(data set, segment rows of one batch), ...]), ...]: this rank's training epoch.
+
+        Every rank shuffles the blocks the same way and takes every world_size-th one, so ranks read disjoint
+        blocks; all ranks run the same number of steps (the smallest rank's), as data-parallel training needs.
+        """
+        plan = self._rank_plan(epoch, self.rank)
+        if self.world_size > 1:
+            steps = min(sum(len(b) for _, b in self._rank_plan(epoch, r)) for r in range(self.world_size))
+            plan = _first_batches(plan, steps)
+        return plan
+
+    def _rank_plan(self, epoch: int, rank: int):
         rng = np.random.default_rng([self.seed, epoch])
         order = [self.blocks[i] for i in rng.permutation(len(self.blocks))]
+        if self.world_size > 1:  # (a single process keeps exactly the plan it always had)
+            order = order[rank :: self.world_size]
+            rng = np.random.default_rng([self.seed, epoch, rank])
         plan = []
         for start in range(0, len(order), self.shuffle_blocks):
             buffer = order[start : start + self.shuffle_blocks]
@@ -167,12 +186,14 @@ class DistillationData:
         """(epoch, batches to skip in it) of a global step; epochs differ in batch count (partial batches)."""
         epoch = 0
         while step >= (n := sum(len(batches) for _, batches in self.epoch_plan(epoch))):
+            if n == 0:
+                raise ValueError("an epoch has no training batch: every segment is held out for validation")
             step, epoch = step - n, epoch + 1
         return epoch, step
 
     def validation_plan(self) -> list[tuple[list[tuple[str, int]], list[tuple[str, np.ndarray]]]]:
         plan = []
-        for name, block in self.blocks:
+        for name, block in self.blocks[self.rank :: self.world_size]:  # ranks share the validation blocks
             rows = np.array(self.block_rows(name, block))
             rows = rows[self.val_rows[name][rows]]
             if len(rows):
@@ -291,6 +312,17 @@ class DistillationData:
             if cropped[teacher].shape[0] == 0:
                 return item
         return segment_id, values[:, a:b], cropped
+
+
+def _first_batches(plan, n: int):
+    """The plan cut after its first n batches (buffers past the cut are dropped, not read)."""
+    kept = []
+    for buffer, batches in plan:
+        if n <= 0:
+            break
+        kept.append((buffer, batches[:n]))
+        n -= len(batches)
+    return kept
 
 
 def open_training_data(datasets, catalog, series_store: str, stores: dict[str, FeatureStore],

@@ -1,6 +1,11 @@
 """The distillation training loop, kept as plain as nanoGPT's train.py: set-up, a loop, checkpoints, reports.
 
 Only feature stores and raw series are read; no teacher adapter is imported or built here.
+
+Data-parallel training: run under torchrun (`step-pipeline distill --nproc N` starts it). Every rank builds the
+same model from the same seed, reads its own blocks of the stores (DistillationData shards them), and DDP
+averages the gradients (gloo on CPU, nccl on GPU), so the ranks stay identical; rank 0 alone writes
+checkpoints, reports and the model, which load in a single process as usual.
 """
 
 import logging
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -20,7 +26,7 @@ from data_catalog.catalog import load_catalog
 from pipeline.distill.loader import DistillationData, check_stores, open_training_data
 from pipeline.distill.objective import DistillationObjective, TeacherHeads
 from pipeline.distill.reports import write_model_card, write_reports
-from pipeline.feature_store import FeatureStore
+from pipeline.feature_store import FeatureStore, store_location
 from pipeline.student import STEPConfig, STEPEncoder
 from schemas.params import Params
 
@@ -33,6 +39,51 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("distill.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
+
+
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): from torchrun's environment when it launched us, else (0, 1, device)."""
+    device = pick_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, device
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of `values` over all ranks (themselves when not distributed)."""
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class StudentWithObjective(torch.nn.Module):
+    """The student and its heads as one module whose forward is the loss: what DDP wraps (one forward per
+    step even when force_stride runs the student once per token grid)."""
+
+    def __init__(self, student: STEPEncoder, objective: DistillationObjective):
+        super().__init__()
+        self.student, self.objective = student, objective
+
+    def forward(self, batch):
+        return self.objective(self.student, batch)
+
+
+def check_ranks_in_sync(model, heads, device) -> None:
+    """Raise unless every rank holds the same weights (DDP's promise; a broken set-up breaks it silently)."""
+    checksum = sum(p.detach().double().sum().item() for p in list(model.parameters()) + list(heads.parameters()))
+    sums = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sums, torch.tensor([checksum], dtype=torch.float64, device=device))
+    sums = [s.item() for s in sums]
+    if max(sums) != min(sums):
+        raise RuntimeError(f"ranks diverged: parameter checksums {sums}")
+    log.info("all %d ranks hold identical weights (checksum %.6f)", len(sums), sums[0])
 
 
 def learning_rate(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
@@ -69,16 +120,19 @@ def load_checkpoint(directory: Path, model, heads, optimizer) -> tuple[int, dict
 
 @torch.no_grad()
 def validation_loss(objective, model, data: DistillationData, device, autocast) -> dict[str, float]:
+    """Mean losses over the held-out segments (each rank evaluates its share, the sums are combined)."""
     model.eval()
-    sums, count = {}, 0
+    names = ["total", *data.teachers, "patching"]
+    sums, count = dict.fromkeys(names, 0.0), 0
     for batch in data.batches(data.validation_plan()):
         with autocast:
             total, parts = objective(model, batch.to(device))
         for name, value in {"total": total, **parts}.items():
-            sums[name] = sums.get(name, 0.0) + float(value) * len(batch.segment_ids)
+            sums[name] += float(value) * len(batch.segment_ids)
         count += len(batch.segment_ids)
     model.train()
-    return {name: value / max(count, 1) for name, value in sums.items()}
+    *sums_all, count_all = sum_over_ranks([sums[name] for name in names] + [count], device)
+    return {name: value / max(count_all, 1) for name, value in zip(names, sums_all)}
 
 
 def distill(params: Params, resume: bool = False, device: str | None = None, max_steps: int | None = None) -> dict:
@@ -88,23 +142,33 @@ def distill(params: Params, resume: bool = False, device: str | None = None, max
         config = config.model_copy(update={"max_steps": max_steps})
     random.seed(config.seed)
     np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    device = pick_device(device or config.device)
+    torch.manual_seed(config.seed)  # every rank: the same initial weights
+    rank, world_size, device = init_distributed(device or config.device)
+    try:
+        return _train(params, config, resume, rank, world_size, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(params: Params, config, resume: bool, rank: int, world_size: int, device: torch.device) -> dict:
+    main_process = rank == 0
 
     # ---- data: feature stores (checked against params) + the raw series they were made from
     catalog = load_catalog(params.prepare.catalog)
     names = config.datasets or [e.name for e in catalog.datasets if e.role == "pretrain"]
     entries = [catalog.get(name) for name in names]
     teachers = list(params.extract.teachers)
-    stores = {t: FeatureStore.open(Path(params.extract.store_dir) / f"{t}.zarr") for t in teachers}
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in teachers}
     datasets = open_training_data(entries, catalog, params.prepare.series_store, stores, params.segments.max_samples)
     check_stores(stores, {t: params.extract.teachers[t].feature_config() for t in teachers},
                  params.segments.model_dump(), datasets)
     data = DistillationData(datasets, stores, config.batch_size, config.shuffle_blocks, config.prefetch_blocks,
                             config.val_fraction, config.seed,
                             crop_min_fraction=config.crop.min_fraction if config.crop.enabled else None,
-                            max_target_tokens=config.max_target_tokens)
-    log.info("distilling from %s on %d training segments of %s", teachers, data.n_train, names)
+                            max_target_tokens=config.max_target_tokens, rank=rank, world_size=world_size)
+    log.info("distilling from %s on %d training segments of %s (rank %d of %d)", teachers, data.n_train, names,
+             rank, world_size)
 
     # ---- model, heads, objective, optimiser
     student_config = STEPConfig.from_preset(params.student.preset, **params.student.overrides)
@@ -116,6 +180,9 @@ def distill(params: Params, resume: bool = False, device: str | None = None, max
                                       config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    loss_of_batch = StudentWithObjective(model, objective)  # (batch) -> (loss, parts)
+    if world_size > 1:  # averages gradients over ranks in backward(); unused: the stride MLP under force_stride
+        loss_of_batch = torch.nn.parallel.DistributedDataParallel(loss_of_batch, find_unused_parameters=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
 
     checkpoint = Path(config.checkpoint_dir) / "latest"
@@ -128,7 +195,8 @@ def distill(params: Params, resume: bool = False, device: str | None = None, max
 
     # ---- the loop: epochs of a deterministic plan; resuming skips the batches already trained on
     started, seen = time.perf_counter(), 0
-    progress = tqdm(total=config.max_steps, initial=step, desc="distill", unit="step", dynamic_ncols=True)
+    progress = tqdm(total=config.max_steps, initial=step, desc="distill", unit="step", dynamic_ncols=True,
+                    disable=not main_process)
     model.train()
     while step < config.max_steps:
         epoch, skip = data.locate(step)
@@ -138,28 +206,35 @@ def distill(params: Params, resume: bool = False, device: str | None = None, max
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
-                loss, parts = objective(model, batch.to(device))
+                loss, parts = loss_of_batch(batch.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()),
                                                        config.grad_clip)
             optimizer.step()
             step += 1
-            seen += len(batch.segment_ids)
+            seen += len(batch.segment_ids) * world_size
 
-            row = {"step": step, "lr": lr, "grad_norm": grad_norm.item(), "total": loss.item()}
-            history["train"].append(row | {name: value.item() for name, value in parts.items()})
+            losses = {"total": loss.item()} | {name: value.item() for name, value in parts.items()}
+            if world_size > 1:  # the mean over ranks' batches, like the gradient
+                losses = dict(zip(losses, (v / world_size for v in sum_over_ranks(list(losses.values()), device))))
+            row = {"step": step, "lr": lr, "grad_norm": grad_norm.item(), "total": losses["total"]}
+            history["train"].append(row | losses)
             progress.update(1)
             progress.set_postfix(loss=f"{row['total']:.3f}", seg_per_s=f"{seen / (time.perf_counter() - started):.1f}")
             if step % config.val_every == 0 or step == config.max_steps:
                 history["val"].append({"step": step} | validation_loss(objective, model, data, device, autocast))
                 log.info("step %d: train %.4f, val %.4f", step, row["total"], history["val"][-1]["total"])
-            if step % config.checkpoint_every == 0 or step == config.max_steps:
+            if (step % config.checkpoint_every == 0 or step == config.max_steps) and main_process:
                 save_checkpoint(checkpoint, model, heads, optimizer, step, history)
             if step >= config.max_steps:
                 break
     progress.close()
     wall = time.perf_counter() - started
+    if world_size > 1:
+        check_ranks_in_sync(model, heads, device)
+        if not main_process:
+            return {}
 
     # ---- outputs: the encoder in Hugging Face format, a model card, metrics and plots
     output = Path(config.output_dir)
