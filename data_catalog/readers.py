@@ -3,10 +3,14 @@
 A reader knows its series ids and lengths cheaply (file headers, store metadata) and loads values only when a
 series is asked for, so memory stays bounded by one series whatever the corpus size. Large files are read
 lazily: .npy is memory-mapped, Zarr/HDF5 arrays are sliced.
+
+Files are not trusted: .npy/.npz are read with allow_pickle=False, and a Zarr input is decoded only when its
+metadata names plain numeric dtypes and whitelisted codecs (numcodecs' pickle codec would run arbitrary code).
 """
 
 import csv
 import glob
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +42,17 @@ def check_values(values: np.ndarray, where: str, channels: int | None, non_finit
         raise DataError(f"{where}: empty series (0 samples)")
     if channels is not None and values.shape[0] != channels:
         raise DataError(f"{where}: has {values.shape[0]} channels, the catalog declares {channels}")
-    values = values.astype(np.float32, copy=False)
+    original = values
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = values.astype(np.float32, copy=False)
     bad = ~np.isfinite(values)
     if bad.any():
+        overflow = bad & np.isfinite(original) if original.dtype != values.dtype else None
+        if overflow is not None and overflow.any():
+            raise DataError(
+                f"{where}: {int(overflow.sum())} samples beyond float32's range (|x| up to "
+                f"{np.abs(original[overflow]).max():.3g}); rescale them (e.g. another unit)"
+            )
         if non_finite == "reject":
             raise DataError(
                 f"{where}: {int(bad.sum())} non-finite samples (NaN/Inf); set non_finite: interpolate "
@@ -185,6 +197,86 @@ def resolve_paths(source: FileSource, data_root: Path, name: str) -> list[Path]:
     return paths
 
 
+# What a Zarr input may use. Anything else (object/string/structured dtypes, pickle, JSON or msgpack object codecs,
+# unknown codecs) is refused before zarr decodes a byte.
+ZARR_INPUT_DATA_TYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                         "float16", "float32", "float64", "complex64", "complex128"}  # complex: check_values names it
+ZARR_INPUT_CODECS = {
+    # zarr v3 codec names
+    "bytes", "transpose", "blosc", "zstd", "gzip", "crc32c", "sharding_indexed",
+    *(f"numcodecs.{name}" for name in ("zlib", "bz2", "lzma", "lz4", "shuffle", "delta", "fixedscaleoffset",
+                                       "quantize", "bitround", "packbits", "astype", "crc32", "adler32",
+                                       "fletcher32", "jenkins_lookup3")),
+    # zarr v2 filter/compressor ids
+    "zlib", "bz2", "lzma", "lz4", "shuffle", "delta", "fixedscaleoffset", "quantize", "bitround", "packbits",
+    "astype", "crc32", "adler32", "fletcher32", "jenkins_lookup3",
+}
+
+
+def _zarr_array_problems(where: str, node: dict) -> list[str]:
+    """Why one node's metadata (zarr v3 zarr.json or v2 .zarray) is refused; [] for groups and good arrays."""
+    problems = []
+    if node.get("node_type") == "array":  # v3
+        data_type = node.get("data_type")
+        name = data_type.get("name") if isinstance(data_type, dict) else data_type
+        if name not in ZARR_INPUT_DATA_TYPES:
+            problems.append(f"{where}: data type {name!r} is not a plain numeric type")
+        pending = list(node.get("codecs") or [])
+        while pending:
+            codec = pending.pop()
+            codec_name = codec.get("name") if isinstance(codec, dict) else codec
+            if codec_name not in ZARR_INPUT_CODECS:
+                problems.append(f"{where}: codec {codec_name!r} is not allowed")
+            configuration = (codec.get("configuration") or {}) if isinstance(codec, dict) else {}
+            pending += list(configuration.get("codecs") or []) + list(configuration.get("index_codecs") or [])
+    elif "dtype" in node and node.get("zarr_format") == 2:  # v2
+        try:
+            dtype = np.dtype(node["dtype"]) if isinstance(node["dtype"], str) else None
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind not in "biufc" or dtype.fields:
+            problems.append(f"{where}: dtype {node['dtype']!r} is not a plain numeric type")
+        for codec in [*(node.get("filters") or []), node.get("compressor")]:
+            if codec is not None and (not isinstance(codec, dict) or codec.get("id") not in ZARR_INPUT_CODECS):
+                problems.append(f"{where}: codec {codec.get('id') if isinstance(codec, dict) else codec!r} "
+                                "is not allowed")
+    return problems
+
+
+def _check_zarr_input(path: Path, key: str | None) -> None:
+    """Refuse a Zarr input whose metadata (the node read, its store root, consolidated metadata) is not plainly
+    numeric; reads JSON only, so nothing untrusted is decoded. Raises DataError naming the node."""
+
+    def load(file: Path) -> dict:
+        try:
+            document = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise DataError(f"{file}: corrupt Zarr metadata: {exc}") from exc
+        if not isinstance(document, dict):
+            raise DataError(f"{file}: corrupt Zarr metadata: not a JSON object")
+        return document
+
+    nodes: dict[str, dict] = {}
+    for folder in dict.fromkeys([path, path / key if key else path]):
+        for name in ("zarr.json", ".zarray"):
+            if (folder / name).is_file():
+                nodes[str(folder / name)] = load(folder / name)
+    if (path / ".zmetadata").is_file():  # v2 consolidated metadata: what zarr may read instead of .zarray files
+        for inner, node in (load(path / ".zmetadata").get("metadata") or {}).items():
+            if isinstance(node, dict):
+                nodes[f"{path / '.zmetadata'}[{inner}]"] = node
+    pending = [(str(path / "zarr.json"), nodes.get(str(path / "zarr.json"), {}))]
+    while pending:  # v3 consolidated metadata, nested per group
+        where, document = pending.pop()
+        for inner, node in ((document.get("consolidated_metadata") or {}).get("metadata") or {}).items():
+            if isinstance(node, dict):
+                nodes[f"{where}[{inner}]"] = node
+                pending.append((f"{where}[{inner}]", node))
+    problems = [problem for where, node in nodes.items() for problem in _zarr_array_problems(where, node)]
+    if problems:
+        raise DataError(f"{path}: refusing to read this Zarr input: " + "; ".join(problems))
+
+
 def _format_of(path: Path, source: FileSource) -> str:
     if source.format:
         return source.format
@@ -207,6 +299,7 @@ def _open_array(path: Path, fmt: str, key: str | None):
         if fmt == "zarr":
             import zarr
 
+            _check_zarr_input(path, key)
             node = zarr.open(str(path), mode="r")
             array = node if key is None else node[key]
             if array.dtype == object:
@@ -241,6 +334,8 @@ def _read_whole(path: Path, fmt: str) -> tuple[np.ndarray, float | None]:
         if fmt in ("wav", "flac"):
             import soundfile
 
+            if fmt == "wav":
+                _check_wav_complete(path)
             values, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
             return values.T, float(rate)
         if fmt == "edf":
@@ -268,6 +363,27 @@ def _read_whole(path: Path, fmt: str) -> tuple[np.ndarray, float | None]:
     raise DataError(f"{path}: unsupported format {fmt!r}")
 
 
+def _check_wav_complete(path: Path) -> None:
+    """Refuse a RIFF/WAVE file whose data chunk declares more bytes than the file holds: libsndfile would
+    silently return the samples that are there, a shorter series than was recorded."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return  # not RIFF/WAVE (RF64, garbage...): libsndfile decides
+        position = 12
+        while position + 8 <= size:
+            handle.seek(position)
+            chunk_id, declared = handle.read(4), int.from_bytes(handle.read(4), "little")
+            if chunk_id == b"data":
+                present = size - position - 8
+                if declared not in (0, 0xFFFFFFFF) and declared > present:  # 0 / -1: streamed, length unknown
+                    raise DataError(f"{path}: truncated WAV file: its data chunk declares {declared} bytes, "
+                                    f"{present} are present")
+                return
+            position += 8 + declared + (declared & 1)
+
+
 def _csv_header_lines(path: Path) -> int:
     with open(path, newline="") as handle:
         first = handle.readline()
@@ -278,12 +394,30 @@ def _csv_header_lines(path: Path) -> int:
         return 1
 
 
-def _read_labels(path: Path) -> dict[str, dict]:
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+def _read_labels(path: Path, class_names: list[str] | None) -> dict[str, dict]:
+    """series_id -> {label, split}; every label an integer class index (below len(class_names) when given)."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read labels file: {exc}") from exc
     if not rows or "series_id" not in rows[0] or "label" not in rows[0]:
         raise DataError(f"{path}: labels file needs columns series_id,label[,split]")
-    return {row["series_id"]: {"label": int(row["label"]), "split": row.get("split") or ""} for row in rows}
+    labels = {}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            label = int(row["label"])
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: line {line}: label {row['label']!r} of series {row['series_id']!r} is not "
+                            "an integer class index") from None
+        if label < 0 or (class_names is not None and label >= len(class_names)):
+            raise DataError(f"{path}: line {line}: label {label} of series {row['series_id']!r} is not a class "
+                            f"index 0..{len(class_names) - 1 if class_names else '?'} of {class_names}")
+        if row.get("split") not in (None, "", "train", "test"):
+            raise DataError(f"{path}: line {line}: split {row['split']!r} of series {row['series_id']!r} is not "
+                            "train, test or empty")
+        labels[row["series_id"]] = {"label": label, "split": row.get("split") or ""}
+    return labels
 
 
 class FileReader(SeriesReader):
@@ -323,7 +457,8 @@ class FileReader(SeriesReader):
                 lengths.append(-1)  # known once read
         metadata = [{"source_file": str(item[0])} for item in self.items]
         if source.labels_file:
-            labels = _read_labels(resolve_paths(FileSource(paths=[source.labels_file]), data_root, entry.name)[0])
+            labels = _read_labels(resolve_paths(FileSource(paths=[source.labels_file]), data_root, entry.name)[0],
+                                  entry.probe.class_names if entry.probe else None)
             for series_id, meta in zip(ids, metadata):
                 if series_id not in labels:
                     raise DataError(f"data set {entry.name!r}: series {series_id!r} has no row in {source.labels_file}")

@@ -135,6 +135,7 @@ def extract(
 ) -> None:
     """Stream every segment through a teacher into its Zarr feature store (resumes where a run stopped)."""
     from data_catalog.readers import DataError
+    from pipeline.extract import ExtractionIOError, TeacherBatchError
     from pipeline.feature_store import StoreLockedError, StoreMismatchError
     from schemas.loading import ConfigError
     from stages import extract as stage
@@ -144,7 +145,8 @@ def extract(
             fail("pass --scheduler (an existing cluster) or --workers (a local one), not both")
         stage.run(str(params), teacher, dataset, overwrite=overwrite, device=device, batch_size=batch_size,
                   scheduler=scheduler, workers=workers)
-    except (ConfigError, DataError, StoreMismatchError, StoreLockedError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, StoreMismatchError, StoreLockedError, FileNotFoundError, TeacherBatchError,
+            ExtractionIOError) as exc:
         fail(str(exc))
 
 

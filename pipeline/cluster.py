@@ -62,14 +62,17 @@ def _plugin() -> TeacherOnWorker:
 def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Client]:
     """A client of the cluster at `scheduler`, or of a LocalCluster of `workers` single-threaded processes.
 
-    Single-threaded workers: torch and numpy already use the cores (dask also sets OMP_NUM_THREADS=1 in
-    the processes it starts, so N workers use N cores).
+    One thread per worker, so each runs one chunk at a time on its one copy of the teacher; dask also sets
+    OMP_NUM_THREADS=1 in the processes it starts, so N workers use N cores.
     """
     if scheduler is not None:
         with Client(scheduler) as client:
-            log.info("connected to dask scheduler %s (%d workers)", scheduler,
-                     len(client.scheduler_info()["workers"]))
-            yield client
+            log.info("connected to dask scheduler %s (%d worker threads)", scheduler, sum(client.nthreads().values()))
+            try:
+                yield client
+            finally:  # the cluster outlives this run: free the workers' teachers
+                with contextlib.suppress(ValueError):  # (none registered when the run failed early)
+                    client.unregister_worker_plugin(PLUGIN_NAME)
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as local, \
             Client(local) as client:
@@ -105,7 +108,7 @@ def write_chunks_on_workers(client: Client, store: FeatureStore, tasks: list[Chu
                             series_store: str, batch_size: int, progress: tqdm) -> float:
     """Hand the pending chunks to the workers, a bounded window at a time; returns 0 (writing is the workers')."""
     store_path = str(store.path)
-    window = TASKS_PER_WORKER * max(1, len(client.scheduler_info()["workers"]))
+    window = TASKS_PER_WORKER * max(1, sum(client.nthreads().values()))
     todo = iter(tasks)
 
     def submit(task: ChunkTask):

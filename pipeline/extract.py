@@ -7,6 +7,9 @@ The data path, per data set (one store group):
 The teacher computes chunk c+1 while the writer compresses and writes chunk c, so writing hides behind compute;
 memory is bounded by (queue_size + 2) chunks whatever the corpus size. A chunk is written whole or not at all,
 so a killed run resumes at the first chunk not flagged done and ends with the same store as an unbroken run.
+
+A store chunk is also the unit of distribution: with --workers/--scheduler, pipeline/cluster.py hands each pending
+chunk to a Dask worker, which runs the same encode_chunk and writes the chunk itself.
 """
 
 import logging
@@ -34,6 +37,10 @@ log = logging.getLogger(__name__)
 
 class TeacherBatchError(RuntimeError):
     """The teacher failed on a batch even at batch size 1; names the data set and segments."""
+
+
+class ExtractionIOError(RuntimeError):
+    """Reading or writing failed with an OS error (disk full, permissions); names the store and the file."""
 
 
 def known_lengths(reader: SeriesReader) -> np.ndarray:
@@ -295,12 +302,21 @@ def extract(name: str, params: Params, catalog: Catalog, entries: list[CatalogEn
 def _extract_into(path: str, manifest: FeatureStoreManifest, layouts: dict, datasets: list[DatasetSegments],
                   params: Params, overwrite: bool, write_chunks, started: float) -> FeatureStoreManifest:
     """Open (or resume) the store, compute its pending chunks with `write_chunks`, finalize."""
-    with FeatureStore.create_or_open(path, manifest, params.extract.compression, overwrite=overwrite) as store:
-        tasks = lay_out_groups(store, datasets, layouts)
-        total = sum(len(task.segments) for task in tasks)
-        with tqdm(total=total, desc=f"extract {manifest.teacher}", unit="seg", dynamic_ncols=True) as progress:
-            seconds_writing = write_chunks(store, tasks, progress)
-        final = store.finalize()
+    try:
+        with FeatureStore.create_or_open(path, manifest, params.extract.compression, overwrite=overwrite) as store:
+            tasks = lay_out_groups(store, datasets, layouts)
+            total = sum(len(task.segments) for task in tasks)
+            with tqdm(total=total, desc=f"extract {manifest.teacher}", unit="seg", dynamic_ncols=True) as progress:
+                seconds_writing = write_chunks(store, tasks, progress)
+            final = store.finalize()
+    except OSError as exc:  # disk full, no permission, a lost mount: say where, and that nothing done is lost
+        if isinstance(exc, FileNotFoundError):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ExtractionIOError(
+            f"extracting {manifest.teacher} into {path} failed: {exc.strerror or exc}{where}. The chunks already "
+            "marked done are kept: free space or fix permissions, then rerun `step-pipeline extract` to resume."
+        ) from exc
     log.info("%s: %d segments in %.1f s (writing %.1f s) -> %s", manifest.teacher, total,
              time.perf_counter() - started, seconds_writing, path)
     return final

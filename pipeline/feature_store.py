@@ -665,6 +665,10 @@ class FeatureStore:
                     f"{self.n_chunks(name)} chunks unwritten (first: {pending[0]})"
                 )
         if self.manifest.complete:
+            root_metadata = json.loads(self._location.fs.cat_file(self._location.join("zarr.json")))
+            if root_metadata.get("consolidated_metadata") is None:  # killed between the manifest and consolidating
+                with quiet_zarr_extension_warnings():
+                    zarr.consolidate_metadata(self._location.zarr_store(), zarr_format=3)
             return self.manifest
 
         names = sorted(self.manifest.groups)  # a fixed merge order: resumed and uninterrupted runs agree exactly

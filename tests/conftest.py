@@ -33,3 +33,12 @@ def extracted_project(tmp_path_factory):
     prepare_stage.run(str(params_path))
     extract_stage.run(str(params_path))
     return root, params_path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault summary line (tests/fault_summary.py), when fault or bad-input tests ran."""
+    from tests.fault_summary import summary_line
+
+    line = summary_line()
+    if line:
+        terminalreporter.write_line(line)
