@@ -8,7 +8,7 @@ Goals: with 2 workers, time grows linearly with the corpus and peak memory stays
 one process already uses both cores through torch's threads, so 2 workers cannot be expected to beat it by
 much; the worker speed-up (1 -> 2 workers) is the number that says whether the cluster path scales.
 
-    python bench/scale_extract.py [--base 128] [--teacher fracast] [--sizes 1 2 4 8] [--compare-size 4]
+    python bench/scale_extract.py [--base 128] [--teacher fracast] [--sizes 1 2 4 8]
 """
 
 import argparse
@@ -61,45 +61,49 @@ def run_extract(params_path: Path, dataset: str, store_dir: Path, workers: int |
     return seconds, int(out.stdout.split()[-1]) / 1024
 
 
+def marginal(times: dict[int, tuple[float, float]], base: int) -> tuple[float, float]:
+    """(ms per series, start-up seconds) from the smallest and largest corpus of a mode."""
+    (s0, (t0, _)), (s1, (t1, _)) = min(times.items()), max(times.items())
+    per_series = (t1 - t0) / (base * (s1 - s0))
+    return 1000 * per_series, t0 - per_series * base * s0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=int, default=128, help="series in the 1x corpus")
     parser.add_argument("--teacher", default="fracast", help="a teacher of params.yaml")
     parser.add_argument("--sizes", type=int, nargs="*", default=[1, 2, 4, 8])
-    parser.add_argument("--compare-size", type=int, default=4, help="corpus size of the workers comparison")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    sizes = sorted(set(args.sizes) | {args.compare_size})
+    sizes = sorted(args.sizes)
+    ends = [sizes[0], sizes[-1]]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         params_path = write_project(tmp, args.base, sizes, args.teacher)
         print(f"teacher {args.teacher}, {os.cpu_count()} cores; corpus 1x = {args.base} EEG series of 3000 samples")
-
-        growth = {}
-        for size in args.sizes:
-            growth[size] = run_extract(params_path, f"eeg_{size}x", tmp / f"grow_{size}", workers=2)
-        compare = {}
-        for label, workers in (("1 process", None), ("1 worker", 1), ("2 workers", 2)):
-            compare[label] = run_extract(params_path, f"eeg_{args.compare_size}x", tmp / f"cmp_{workers}", workers)
+        modes = {"2 workers": (2, sizes), "1 worker": (1, ends), "1 process": (None, ends)}
+        times = {mode: {size: run_extract(params_path, f"eeg_{size}x", tmp / f"{mode.replace(' ', '_')}_{size}", workers)
+                        for size in mode_sizes}
+                 for mode, (workers, mode_sizes) in modes.items()}
 
     print("\nCorpus growth, 2 Dask workers (goal: time linear, peak memory flat)")
     print(f"{'size':>5} {'series':>7} {'seconds':>8} {'x 1x':>6} {'ms/series':>10} {'peak MB':>8}")
-    first_size = args.sizes[0]
+    growth = times["2 workers"]
     for size, (seconds, peak) in growth.items():
-        print(f"{size:>4}x {args.base * size:>7} {seconds:>8.1f} {seconds / growth[first_size][0]:>6.2f} "
+        print(f"{size:>4}x {args.base * size:>7} {seconds:>8.1f} {seconds / growth[sizes[0]][0]:>6.2f} "
               f"{1000 * seconds / (args.base * size):>10.1f} {peak:>8.0f}")
-    if len(growth) > 1:
-        (s0, (t0, _)), (s1, (t1, _)) = list(growth.items())[0], list(growth.items())[-1]
-        marginal = 1000 * (t1 - t0) / (args.base * (s1 - s0))
-        print(f"marginal cost {marginal:.1f} ms/series ({s0}x -> {s1}x); fixed start-up ~"
-              f"{t0 - marginal * args.base * s0 / 1000:.1f} s")
 
-    print(f"\nWorkers on the {args.compare_size}x corpus ({args.base * args.compare_size} series)")
-    for label, (seconds, peak) in compare.items():
-        print(f"{label:>10}: {seconds:7.1f} s, peak {peak:6.0f} MB")
-    one, two, single = compare["1 worker"][0], compare["2 workers"][0], compare["1 process"][0]
-    print(f"speed-up 1 -> 2 workers: {one / two:.2f}x; 2 workers vs 1 process (torch threads): {single / two:.2f}x")
+    print(f"\nModes, {sizes[0]}x and {sizes[-1]}x corpus: marginal cost per series (the slope) and fixed start-up "
+          "(the intercept: imports, teacher load, cluster start)")
+    per_series = {}
+    for mode, mode_times in times.items():
+        per_series[mode], startup = marginal(mode_times, args.base)
+        first, last = mode_times[sizes[0]], mode_times[sizes[-1]]
+        print(f"{mode:>10}: {first[0]:6.1f} s -> {last[0]:6.1f} s, {per_series[mode]:5.1f} ms/series, start-up "
+              f"{startup:5.1f} s, peak {max(first[1], last[1]):5.0f} MB")
+    print(f"speed-up of the per-series cost, 1 -> 2 workers: {per_series['1 worker'] / per_series['2 workers']:.2f}x; "
+          f"2 workers vs 1 process (torch on all cores): {per_series['1 process'] / per_series['2 workers']:.2f}x")
 
 
 if __name__ == "__main__":

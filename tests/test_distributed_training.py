@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import yaml
 from transformers import AutoModel
 
@@ -48,12 +49,14 @@ def test_ranks_read_disjoint_blocks_and_take_equal_steps(extracted_project):
     assert {b for buffer, _ in single.epoch_plan(0) for b in buffer} == set(single.blocks)  # one process: all
 
 
-def test_two_process_distillation_stays_in_sync_and_loads_in_one_process(extracted_project, tmp_path):
+@pytest.mark.parametrize("alignment", ["interpolate", "force_stride"])  # force_stride: several student forwards
+def test_two_process_distillation_stays_in_sync_and_loads_in_one_process(extracted_project, tmp_path, alignment):
     root, params_path = extracted_project
     params = load_params(params_path)
     params.distill = params.distill.model_copy(update={
         "output_dir": str(tmp_path / "ddp"), "checkpoint_dir": str(tmp_path / "checkpoints"),
-        "reports_dir": str(tmp_path / "reports"), "max_steps": 4, "checkpoint_every": 2, "val_every": 2})
+        "reports_dir": str(tmp_path / "reports"), "max_steps": 4, "checkpoint_every": 2, "val_every": 2,
+        "alignment": alignment})
     ddp_params = tmp_path / "params.yaml"
     ddp_params.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
 
