@@ -83,7 +83,8 @@ def main() -> None:
         params_path = write_project(tmp, args.base, sizes, args.teacher)
         print(f"teacher {args.teacher}, {os.cpu_count()} cores; corpus 1x = {args.base} EEG series of 3000 samples")
         modes = {"2 workers": (2, sizes), "1 worker": (1, ends), "1 process": (None, ends)}
-        times = {mode: {size: run_extract(params_path, f"eeg_{size}x", tmp / f"{mode.replace(' ', '_')}_{size}", workers)
+        times = {mode: {size: run_extract(params_path, f"eeg_{size}x", tmp / f"{mode.replace(' ', '_')}_{size}",
+                                          workers)
                         for size in mode_sizes}
                  for mode, (workers, mode_sizes) in modes.items()}
 

@@ -122,8 +122,8 @@ def write_chunks_on_workers(client: Client, store: FeatureStore, tasks: list[Chu
     todo = iter(tasks)
 
     def submit(task: ChunkTask):
-        return client.submit(compute_chunk, store_path, task, catalog, series_store, batch_size, pure=False,
-                             key=f"extract-{store.manifest.teacher}-{task.entry.name}-{task.chunk}-{uuid.uuid4().hex[:8]}")
+        key = f"extract-{store.manifest.teacher}-{task.entry.name}-{task.chunk}-{uuid.uuid4().hex[:8]}"
+        return client.submit(compute_chunk, store_path, task, catalog, series_store, batch_size, pure=False, key=key)
 
     running = as_completed([submit(task) for task in islice(todo, window)])
     try:

@@ -15,6 +15,7 @@ from pipeline.cli import app
 from pipeline.extract import extract
 from pipeline.feature_store import FeatureStore
 from schemas.params import load_params
+from tests.test_extract import extract_interrupted_after
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +88,7 @@ def test_cluster_resume_redoes_only_unfinished_chunks(extracted_project, tmp_pat
     root, params_path = extracted_project
     params = params_with_store_dir(params_path, tmp_path / "features")
     catalog = load_catalog(params.prepare.catalog)
-    original, calls = FeatureStore.write_chunk, {"n": 0}
-
-    def stop_after_three(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated kill of a single-process run")
-        return original(self, *args)
-
-    monkeypatch.setattr(FeatureStore, "write_chunk", stop_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        extract("spectral", params, catalog, catalog.datasets)
-    monkeypatch.setattr(FeatureStore, "write_chunk", original)
+    extract_interrupted_after(3, "spectral", params, catalog, monkeypatch)  # a single-process run, cut short
 
     path = tmp_path / "features/spectral.zarr"
     partial = FeatureStore.open(path)

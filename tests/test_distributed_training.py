@@ -1,4 +1,5 @@
-"""Data-parallel distillation: ranks read disjoint blocks, 2 CPU processes (gloo) stay in sync, checkpoints load alone."""
+"""Data-parallel distillation: ranks read disjoint blocks; 2 CPU processes (gloo) stay in sync; checkpoints load
+in one process."""
 
 import json
 import subprocess

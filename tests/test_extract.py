@@ -71,24 +71,30 @@ def test_rerun_of_finished_extraction_does_nothing(extracted_project, monkeypatc
     assert manifest.complete
 
 
+def extract_interrupted_after(chunks: int, teacher: str, params, catalog, monkeypatch) -> None:
+    """Run `extract` in this process and interrupt it once `chunks` chunks are written (the real SIGKILL
+    tests are in test_faults.py)."""
+    calls = {"n": 0}
+    original = FeatureStore.write_chunk
+
+    def interrupt_after(self, *args):
+        calls["n"] += 1
+        if calls["n"] == chunks + 1:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args)
+
+    monkeypatch.setattr(FeatureStore, "write_chunk", interrupt_after)
+    with pytest.raises(KeyboardInterrupt):
+        extract(teacher, params, catalog, catalog.datasets)
+    monkeypatch.setattr(FeatureStore, "write_chunk", original)
+
+
 def test_killed_extraction_resumes_to_identical_store(extracted_project, tmp_path, monkeypatch):
     root, params_path = extracted_project
     params = load_params(params_path)
     params.extract.store_dir = str(tmp_path / "features")
     catalog = load_catalog(params.prepare.catalog)
-    calls = {"n": 0}
-    original = FeatureStore.write_chunk
-
-    def crash_after_three(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, *args)
-
-    monkeypatch.setattr(FeatureStore, "write_chunk", crash_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        extract("fracast", params, catalog, catalog.datasets)
-    monkeypatch.setattr(FeatureStore, "write_chunk", original)
+    extract_interrupted_after(3, "fracast", params, catalog, monkeypatch)
     partial = FeatureStore.open(tmp_path / "features/fracast.zarr")
     assert not partial.manifest.complete
     extract("fracast", params, catalog, catalog.datasets)
