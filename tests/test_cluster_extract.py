@@ -54,6 +54,40 @@ def test_cluster_store_equals_single_process_store(extracted_project, tmp_path, 
     assert_same_store(tmp_path / f"features/{teacher}.zarr", root / f"data/features/{teacher}.zarr")
 
 
+def count_teacher_loads() -> None:
+    """In a worker process: wrap the load_teacher the worker plugin calls with a counter."""
+    import pipeline.cluster
+
+    original = pipeline.cluster.load_teacher
+    pipeline.cluster.teacher_loads = 0
+
+    def counted(*args, **kwargs):
+        pipeline.cluster.teacher_loads += 1
+        return original(*args, **kwargs)
+
+    pipeline.cluster.load_teacher = counted
+
+
+def teacher_loads() -> int:
+    import pipeline.cluster
+
+    return pipeline.cluster.teacher_loads
+
+
+def test_each_worker_loads_the_teacher_once(extracted_project, tmp_path, cluster):
+    root, params_path = extracted_project
+    params = params_with_store_dir(params_path, tmp_path / "features")
+    catalog = load_catalog(params.prepare.catalog)
+    with cluster.get_client() as client:
+        client.run(count_teacher_loads)
+        extract("silero_vad", params, catalog, catalog.datasets, scheduler=cluster.scheduler_address)
+        loads = client.run(teacher_loads)
+    n_chunks = sum(FeatureStore.open(tmp_path / "features/silero_vad.zarr").n_chunks(g) for g in
+                   FeatureStore.open(tmp_path / "features/silero_vad.zarr").group_names())
+    assert n_chunks > 2 * len(loads)  # more tasks than workers, so per-task loading would show
+    assert sorted(loads.values()) == [1, 1], loads
+
+
 class KillWorkerOnce(WorkerPlugin):
     """SIGKILLs the worker process as it starts its second extraction task, once per test (a marker file)."""
 
