@@ -187,7 +187,9 @@ class DistillationData:
         epoch = 0
         while step >= (n := sum(len(batches) for _, batches in self.epoch_plan(epoch))):
             if n == 0:
-                raise ValueError("an epoch has no training batch: every segment is held out for validation")
+                raise ValueError("an epoch has no training batch: every segment is held out for validation"
+                                 + (f", or one of the {self.world_size} ranks got blocks without training segments"
+                                    if self.world_size > 1 else ""))
             step, epoch = step - n, epoch + 1
         return epoch, step
 
