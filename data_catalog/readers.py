@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from data_catalog.series import Series
+from data_catalog.zarr_metadata import consolidated_nodes, refused_parts
 from schemas.catalog import CatalogEntry, FileSource, GeneratorSource
 
 log = logging.getLogger(__name__)
@@ -217,18 +218,10 @@ def _zarr_array_problems(where: str, node: dict) -> list[str]:
     """Why one node's metadata (zarr v3 zarr.json or v2 .zarray) is refused; [] for groups and good arrays."""
     problems = []
     if node.get("node_type") == "array":  # v3
-        data_type = node.get("data_type")
-        name = data_type.get("name") if isinstance(data_type, dict) else data_type
-        if name not in ZARR_INPUT_DATA_TYPES:
-            problems.append(f"{where}: data type {name!r} is not a plain numeric type")
-        pending = list(node.get("codecs") or [])
-        while pending:
-            codec = pending.pop()
-            codec_name = codec.get("name") if isinstance(codec, dict) else codec
-            if codec_name not in ZARR_INPUT_CODECS:
-                problems.append(f"{where}: codec {codec_name!r} is not allowed")
-            configuration = (codec.get("configuration") or {}) if isinstance(codec, dict) else {}
-            pending += list(configuration.get("codecs") or []) + list(configuration.get("index_codecs") or [])
+        data_type_name, codec_names = refused_parts(node, ZARR_INPUT_DATA_TYPES, ZARR_INPUT_CODECS)
+        if data_type_name is not None:
+            problems.append(f"{where}: data type {data_type_name!r} is not a plain numeric type")
+        problems += [f"{where}: codec {codec_name!r} is not allowed" for codec_name in codec_names]
     elif "dtype" in node and node.get("zarr_format") == 2:  # v2
         try:
             dtype = np.dtype(node["dtype"]) if isinstance(node["dtype"], str) else None
@@ -265,13 +258,8 @@ def _check_zarr_input(path: Path, key: str | None) -> None:
         for inner, node in (load(path / ".zmetadata").get("metadata") or {}).items():
             if isinstance(node, dict):
                 nodes[f"{path / '.zmetadata'}[{inner}]"] = node
-    pending = [(str(path / "zarr.json"), nodes.get(str(path / "zarr.json"), {}))]
-    while pending:  # v3 consolidated metadata, nested per group
-        where, document = pending.pop()
-        for inner, node in ((document.get("consolidated_metadata") or {}).get("metadata") or {}).items():
-            if isinstance(node, dict):
-                nodes[f"{where}[{inner}]"] = node
-                pending.append((f"{where}[{inner}]", node))
+    root = str(path / "zarr.json")
+    nodes |= {f"{root}[{inner}]": node for inner, node in consolidated_nodes(nodes.get(root, {}))}  # v3 consolidated
     problems = [problem for where, node in nodes.items() for problem in _zarr_array_problems(where, node)]
     if problems:
         raise DataError(f"{path}: refusing to read this Zarr input: " + "; ".join(problems))

@@ -51,6 +51,7 @@ from zarr.codecs import BloscCodec
 from zarr.codecs.numcodecs import BitRound, Quantize
 
 from data_catalog.storage import StoreLocation
+from data_catalog.zarr_metadata import consolidated_nodes, refused_parts
 from data_catalog.zarr_warnings import quiet_zarr_extension_warnings
 from schemas.manifest import (
     SCHEMA_VERSION,
@@ -178,29 +179,18 @@ def _untrusted_metadata(location: StoreLocation) -> list[str]:
     keys = [location.relative(path) for path in location.fs.find(location.path)]  # every file, as a store key
     problems = [f"{key}: zarr v2 metadata" for key in keys if key.rpartition("/")[2].startswith(".z")]
     nodes: dict[str, dict] = {}
-
-    def collect_consolidated(prefix: str, document: dict) -> None:
-        for key, child in ((document.get("consolidated_metadata") or {}).get("metadata") or {}).items():
-            nodes[f"{prefix}{key} (consolidated)"] = child
-            collect_consolidated(f"{prefix}{key}/", child)
-
     for metadata_key in (key for key in keys if key.rpartition("/")[2] == "zarr.json"):
         document = json.loads(location.fs.cat_file(location.join(metadata_key)))
         key = metadata_key.rpartition("/")[0] or "."
         nodes[key] = document
-        collect_consolidated("" if key == "." else f"{key}/", document)
+        prefix = "" if key == "." else f"{key}/"
+        nodes |= {f"{inner} (consolidated)": node for inner, node in consolidated_nodes(document, prefix)}
 
     for key, node in nodes.items():
-        if node.get("node_type") != "array":
-            continue
-        data_type = node.get("data_type")
-        data_type_name = data_type.get("name") if isinstance(data_type, dict) else data_type
-        if data_type_name not in TRUSTED_DATA_TYPES:
+        data_type_name, codec_names = refused_parts(node, TRUSTED_DATA_TYPES, TRUSTED_CODECS)
+        if data_type_name is not None:
             problems.append(f"{key}: data type {data_type_name!r} (object/variable-length or unknown)")
-        for codec in node.get("codecs", []):
-            codec_name = codec.get("name") if isinstance(codec, dict) else codec
-            if codec_name not in TRUSTED_CODECS:
-                problems.append(f"{key}: codec {codec_name!r} is not whitelisted")
+        problems += [f"{key}: codec {codec_name!r} is not whitelisted" for codec_name in codec_names]
     return problems
 
 
