@@ -91,9 +91,12 @@ class SeriesReader:
         where = f"data set {self.entry.name!r}, series {self.ids[i]!r}"
         non_finite = getattr(self.entry.source, "non_finite", "reject")
         values = check_values(values, where, self.entry.channels, non_finite)
+        if self.entry.rate_unknown:  # declared unknown: kept as None, never replaced by a made-up number
+            return Series(self.ids[i], values, None, dict(self.metadata[i]))
         rate = self.entry.sampling_rate if rate is None else rate
         if rate is None or not rate > 0:
-            raise DataError(f"{where}: no positive sampling rate (set sampling_rate in the catalog entry)")
+            raise DataError(f"{where}: no positive sampling rate (set sampling_rate in the catalog entry, or "
+                            "`sampling_rate: unknown` when nobody knows it)")
         return Series(self.ids[i], values, rate, dict(self.metadata[i]))
 
     def __iter__(self) -> Iterator[Series]:
@@ -413,11 +416,16 @@ class FileReader(SeriesReader):
 
     def __init__(self, entry: CatalogEntry, data_root: Path):
         source: FileSource = entry.source
-        self.items: list[tuple[Path, str, str | None, int | None]] = []  # (path, format, key, index in stack)
+        # (path, format, key, index in a stack or slice of a ragged concatenation)
+        self.items: list[tuple[Path, str, str | None, int | slice | None]] = []
+        self._ragged_open: tuple = (None, None)  # ((path, key), array) of the ragged array read last
         ids, lengths = [], []
+        metadata: list[dict] = []
         for path in resolve_paths(source, data_root, entry.name):
             fmt = _format_of(path, source)
-            if fmt in ("npy", "npz", "zarr", "hdf5"):
+            if source.ragged:
+                self._add_ragged(path, fmt, entry, ids, lengths, metadata)
+            elif fmt in ("npy", "npz", "zarr", "hdf5"):
                 keys = [source.key]
                 if fmt == "npz" and source.key is None and not source.stacked:
                     try:
@@ -443,7 +451,7 @@ class FileReader(SeriesReader):
                 self.items.append((path, fmt, None, None))
                 ids.append(path.stem)
                 lengths.append(-1)  # known once read
-        metadata = [{"source_file": str(item[0])} for item in self.items]
+        metadata += [{"source_file": str(item[0])} for item in self.items[len(metadata):]]
         if source.labels_file:
             labels = _read_labels(resolve_paths(FileSource(paths=[source.labels_file]), data_root, entry.name)[0],
                                   entry.probe.class_names if entry.probe else None)
@@ -451,24 +459,71 @@ class FileReader(SeriesReader):
                 if series_id not in labels:
                     raise DataError(f"data set {entry.name!r}: series {series_id!r} has no row in {source.labels_file}")
                 meta.update(labels[series_id])
-        elif entry.role == "probe":
+        elif entry.role == "probe" and not source.ragged:
             raise DataError(f"data set {entry.name!r} is a probe task but its source has no labels_file")
         if entry.probe is not None:  # files without a split column: the last test_fraction are the test split
             for i, meta in enumerate(metadata):
                 meta["split"] = meta.get("split") or split_of(i, len(ids), entry.probe.test_fraction)
         super().__init__(entry, ids, lengths, metadata)
 
+    def _add_ragged(self, path: Path, fmt: str, entry: CatalogEntry, ids: list, lengths: list,
+                    metadata: list) -> None:
+        """Items of a file holding concatenated series (source.ragged), with their labels and official split."""
+        if fmt not in ("npz", "zarr", "hdf5"):
+            raise DataError(f"{path}: ragged series need an npz, Zarr or HDF5 file, not {fmt}")
+        for number, part in enumerate(entry.source.ragged):
+            values = _open_array(path, fmt, part.values)
+            part_lengths = np.asarray(_open_array(path, fmt, part.lengths)[...])
+            where = f"{path}: ragged part {part.values!r}"
+            if part_lengths.ndim != 1 or not np.issubdtype(part_lengths.dtype, np.integer) or (part_lengths < 1).any():
+                raise DataError(f"{where}: lengths {part.lengths!r} must be a 1-D array of positive integers")
+            if int(part_lengths.sum()) != values.shape[-1]:
+                raise DataError(f"{where}: lengths sum to {int(part_lengths.sum())} samples but the values hold "
+                                f"{values.shape[-1]}")
+            labels = None
+            if part.labels is not None:
+                labels = np.asarray(_open_array(path, fmt, part.labels)[...])
+                classes = len(entry.probe.class_names) if entry.probe else None
+                if labels.shape != part_lengths.shape or not np.issubdtype(labels.dtype, np.integer):
+                    raise DataError(f"{where}: labels {part.labels!r} must be {len(part_lengths)} integers, got "
+                                    f"{labels.dtype} {labels.shape}")
+                bad = np.flatnonzero((labels < 0) | (labels >= (classes or np.iinfo(np.int64).max)))
+                if len(bad):
+                    raise DataError(f"{where}: series {bad[0]} has label {labels[bad[0]]}, not a class index "
+                                    f"0..{classes - 1}")
+            offsets = np.concatenate([[0], np.cumsum(part_lengths)])
+            for k, length in enumerate(part_lengths):
+                self.items.append((path, fmt, part.values, slice(int(offsets[k]), int(offsets[k + 1]))))
+                ids.append(f"{path.stem}:{part.split or number}:{k}")
+                lengths.append(int(length))
+                meta = {"source_file": str(path)}
+                if labels is not None:
+                    meta["label"] = int(labels[k])
+                if part.split is not None:
+                    meta["split"] = part.split
+                metadata.append(meta)
+
     def _load(self, i: int) -> tuple[np.ndarray, float | None]:
         path, fmt, key, index = self.items[i]
         if fmt in ("npy", "npz", "zarr", "hdf5"):
-            array = _open_array(path, fmt, key)
+            if isinstance(index, slice):  # one series of a ragged concatenation; keep its array open (an npz
+                if self._ragged_open[0] != (path, key):  # member is decompressed whole on every open)
+                    self._ragged_open = ((path, key), _open_array(path, fmt, key))
+                array = self._ragged_open[1]
+            else:
+                array = _open_array(path, fmt, key)
             try:
-                values = np.asarray(array[index] if index is not None else array[...])
+                if isinstance(index, slice):
+                    values = np.asarray(array[..., index])
+                else:
+                    values = np.asarray(array[index] if index is not None else array[...])
             except Exception as exc:  # truncated files fail when the data is touched
                 raise DataError(f"{path}: cannot read series {self.ids[i]!r}: {exc}") from exc
             return values, None
         values, rate = _read_whole(path, fmt)
         declared = self.entry.sampling_rate
+        if rate is not None and self.entry.rate_unknown:
+            raise DataError(f"{path}: states a sampling rate of {rate} Hz but the catalog declares it unknown")
         if rate is not None and declared is not None and abs(rate - declared) > 1e-6 * rate:
             raise DataError(f"{path}: sampling rate {rate} Hz differs from the catalog's {declared} Hz")
         return values, rate

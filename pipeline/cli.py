@@ -79,7 +79,8 @@ def catalog_list(catalog: CatalogOption = None, params: ParamsOption = Path("par
         except Exception:  # not prepared yet, or files absent: show what the catalog declares
             count = str(getattr(entry.source, "count", "?"))
             length = "(not prepared)"
-        table.add_row(entry.name, entry.domain, entry.role, count, length, f"{entry.sampling_rate:g}",
+        rate = f"{entry.sampling_rate:g}" if isinstance(entry.sampling_rate, float) else str(entry.sampling_rate)
+        table.add_row(entry.name, entry.domain, entry.role, count, length, rate,
                       str(entry.channels), entry.unit)
     console.print(table)
 
@@ -200,7 +201,7 @@ def evaluate(
     update_readme: Annotated[Optional[Path], typer.Option(help="Only rewrite this README's results block from "
                                                           "the existing reports (no evaluation).")] = None,
 ) -> None:
-    """Linear probes on frozen embeddings for every probe task: distilled vs random vs teachers vs scratch."""
+    """Linear probes on frozen embeddings, K splits per task: distilled vs random student vs teachers vs baseline."""
     from schemas.loading import ConfigError
     from stages import evaluate as stage
 
@@ -217,12 +218,27 @@ def evaluate(
 
 
 @app.command()
+def finetune(params: ParamsOption = Path("params.yaml")) -> None:
+    """The paper's protocol: the distilled student and a random-weight one fine-tuned end to end on every task."""
+    from schemas.loading import ConfigError
+    from stages import finetune as stage
+
+    try:
+        stage.run(str(params))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+
+
+@app.command()
 def embed(
     model: Annotated[Path, typer.Option(help="A trained encoder directory (Hugging Face format).")],
     output: Annotated[Path, typer.Option(help="Zarr store to write (embedding (series, hidden), series_id).")],
     input: Annotated[Optional[Path], typer.Option(help=".npy/.npz file of series.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="A catalog data set instead of a file.")] = None,
     sampling_rate: Annotated[Optional[float], typer.Option(help="Sampling rate of --input, Hz.")] = None,
+    stacked: Annotated[bool, typer.Option(help="--input .npy holds many series along its first axis: (series, "
+                                          "time) or (series, channels, time), as the catalog's `stacked: true`. "
+                                          "Without it a 2-D array is one (channels, time) series.")] = False,
     batch_size: Annotated[int, typer.Option(help="Series per forward pass.")] = 32,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
@@ -239,7 +255,7 @@ def embed(
     if input is not None:
         if not input.exists():
             fail(f"{input}: no such file")
-        series = series_from_file(input, sampling_rate)
+        series = series_from_file(input, sampling_rate, stacked=stacked)
     else:
         from data_catalog.catalog import open_reader
         from schemas.params import load_params

@@ -80,22 +80,24 @@ def _append_block(model: STEPEncoder, block: list[Series], output: Path, batch_s
         dataset.to_zarr(output, append_dim="series", consolidated=False)
 
 
-def series_from_file(path: Path, sampling_rate: float | None = None) -> Iterator[Series]:
+def series_from_file(path: Path, sampling_rate: float | None = None, stacked: bool = False) -> Iterator[Series]:
     """The series of a .npy or .npz file, read one at a time (.npy is memory-mapped).
 
-    .npy: 1-D = one series; 2-D = one single-channel series per row; 3-D = (series, channels, time).
+    The catalog's convention: an array is one series, (time,) or (channels, time); with `stacked` its first
+    axis runs over series, (series, time) or (series, channels, time).
     .npz: one series per member, (time,) or (channels, time), named by the member's key.
-    Ids are "<file stem>/<row>" for .npy and the member keys for .npz.
+    Ids are "<file stem>/<row>" for .npy (row 0 for a single series) and the member keys for .npz.
     """
     path = Path(path)
     if path.suffix == ".npy":
-        array = np.load(path, mmap_mode="r")
-        if array.ndim == 1:
-            array = array[None, None, :]
-        elif array.ndim == 2:
-            array = array[:, None, :]
-        elif array.ndim != 3:
-            raise ValueError(f"{path}: expected a 1-D, 2-D (series, time) or 3-D (series, channels, time) array, "
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if stacked and array.ndim == 2:
+            array = array[:, None, :]  # (series, 1, time)
+        elif not stacked and array.ndim in (1, 2):
+            array = array.reshape(1, -1, array.shape[-1])  # one series: (1, channels, time)
+        if array.ndim != 3:
+            expected = "(series, time) or (series, channels, time)" if stacked else "(time,) or (channels, time)"
+            raise ValueError(f"{path}: expected {expected}{'' if stacked else ' (or pass --stacked)'}, "
                              f"got shape {array.shape}")
         for row in range(array.shape[0]):
             yield Series(f"{path.stem}/{row}", np.asarray(array[row], dtype=np.float32), sampling_rate)

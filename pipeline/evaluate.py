@@ -1,34 +1,48 @@
-"""Evaluation: linear probes on frozen embeddings for every probe task, every model side by side.
+"""Evaluation: linear probes on frozen embeddings, every model on every probe task, over repeated splits.
 
-Models compared under the same probe (standardise + logistic regression, scored with the task's metric):
+Models compared under one protocol:
 - `step-distilled`: the distilled student (models/step-student);
-- `step-random`: the same architecture with random weights (what distillation must beat);
-- `teacher:<name>`: each teacher's cached features, mean-pooled over tokens (from its feature store);
-- `step-scratch`: the student trained from scratch on the task's train split (cross-entropy, a short fixed
-  budget), the paper's baseline; then probed like the others;
+- `step-random`: the same architecture and config with random weights (what distillation must beat);
+- `teacher:<name>`: each teacher's cached token features, pooled over tokens the same way as the student's
+  tokens (`pool_tokens`);
 - `baseline-stats`: per-channel mean/std/log-variance/band powers (data_catalog.baseline), a classical floor.
+The paper's other protocol (fine-tuning against training from scratch) is `pipeline.finetune`.
+
+The protocol, the same for every model:
+- K splits per task (`evaluate.splits`): split 0 is the task's declared split (the official train/test split
+  of a real data set; for generated sets the last `test_fraction` of the series), splits 1..K-1 are seeded
+  stratified resplits of all labelled series with the same test size. Every model sees the same K splits.
+- Probe: standardise, then a ridge classifier whose regularisation is chosen from `evaluate.probe_alphas` by
+  leave-one-out cross-validation on the train split only (scikit-learn's RidgeClassifierCV, the probe ROCKET
+  uses). Scored on the test split with the task's metric (binary or macro F1) and accuracy.
+- Intervals: 95% interval of the mean over the K splits from the corrected resampled t-test (Nadeau & Bengio,
+  2003): mean +- t(0.975, K-1) * sd * sqrt(1/K + n_test/n_train). Resplits share series, so the plain
+  sd/sqrt(K) would be too narrow. Means over tasks are taken per split, then given the same interval.
+- `mean` averages the generated tasks, `real_mean` the real ones (file sources, e.g. the UCR sets).
 """
 
 import csv
 import json
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
+from scipy import stats
+from sklearn.linear_model import RidgeClassifierCV
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from data_catalog.baseline import baseline_features
 from data_catalog.catalog import load_catalog, open_reader
-from pipeline.distill.loader import pad_series
 from pipeline.feature_store import FeatureStore, store_location
-from pipeline.student import STEPConfig, STEPEncoder
-from schemas.catalog import CatalogEntry
+from pipeline.student import STEPEncoder
+from schemas.catalog import CatalogEntry, GeneratorSource
 from schemas.params import Params
 
 log = logging.getLogger(__name__)
@@ -36,79 +50,116 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ProbeTask:
-    """One probe task's series and labels, split into train and test."""
+    """One probe task's series and labels, with its declared train/test split."""
 
     entry: CatalogEntry
     ids: list[str]             # series ids, as in the series and feature stores
     series: list[np.ndarray]   # (channels, time) each
     labels: np.ndarray         # (n,)
-    train: np.ndarray          # (n,) bool; the rest is test
-    sampling_rate: float
+    train: np.ndarray          # (n,) bool, the declared split (official for real data); the rest is test
+    sampling_rate: float | None  # None: unknown
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def real(self) -> bool:
+        """Real recordings (read from files), as opposed to the generated analogues."""
+        return not isinstance(self.entry.source, GeneratorSource)
 
 
 def load_task(entry: CatalogEntry, catalog, series_store: str) -> ProbeTask:
     reader = open_reader(entry, catalog, series_store)
-    series = [s.values for s in reader]
-    labels = np.array([m["label"] for m in reader.metadata])
+    items = list(reader)
+    labels = np.array([m.get("label", -1) for m in reader.metadata])
     if (labels < 0).any():
         missing = [reader.ids[i] for i in np.flatnonzero(labels < 0)[:3]]
         raise ValueError(f"probe task {entry.name!r}: series without a label, e.g. {missing}")
     train = np.array([m["split"] == "train" for m in reader.metadata])
-    rate = entry.sampling_rate or reader[0].sampling_rate
-    return ProbeTask(entry, list(reader.ids), series, labels, train, rate)
+    if train.all() or not train.any():
+        raise ValueError(f"probe task {entry.name!r}: its declared split has no {'test' if train.all() else 'train'} "
+                         "series")
+    return ProbeTask(entry, list(reader.ids), [s.values for s in items], labels, train, items[0].sampling_rate)
 
 
-def probe_score(embeddings: np.ndarray, task: ProbeTask, c: float, seed: int) -> float:
-    """Fit the linear probe on the train split; score the test split with the task's metric."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
-    probe.fit(embeddings[task.train], task.labels[task.train])
-    predicted = probe.predict(embeddings[~task.train])
-    truth = task.labels[~task.train]
-    if task.entry.probe.metric == "binary_f1":
-        return float(f1_score(truth, predicted, average="binary", pos_label=1, zero_division=0))
-    return float(f1_score(truth, predicted, average="macro", zero_division=0))
+def probe_splits(task: ProbeTask, k: int, seed: int) -> list[np.ndarray]:
+    """K train masks (n,) bool: the declared split, then K-1 stratified resplits with the same test size.
+
+    Seeded by (seed, task name), so every model, and every run, gets the same splits.
+    """
+    splits = [task.train]
+    if k > 1:
+        task_seed = zlib.crc32(task.name.encode()) ^ seed
+        resplit = StratifiedShuffleSplit(n_splits=k - 1, test_size=int((~task.train).sum()), random_state=task_seed)
+        for train_rows, _ in resplit.split(np.zeros(len(task.labels)), task.labels):
+            mask = np.zeros(len(task.labels), dtype=bool)
+            mask[train_rows] = True
+            splits.append(mask)
+    return splits
+
+
+def probe_score(embeddings: np.ndarray, labels: np.ndarray, train: np.ndarray, metric: str,
+                alphas: list[float]) -> tuple[float, float]:
+    """(metric score, accuracy) of a ridge probe fitted on `train` (alpha by leave-one-out on it) on the rest."""
+    probe = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=alphas))
+    probe.fit(embeddings[train], labels[train])
+    predicted, truth = probe.predict(embeddings[~train]), labels[~train]
+    if metric == "binary_f1":
+        score = f1_score(truth, predicted, average="binary", pos_label=1, zero_division=0)
+    else:
+        score = f1_score(truth, predicted, average="macro", zero_division=0)
+    return float(score), float(accuracy_score(truth, predicted))
+
+
+def interval(scores: list[float], test_train_ratio: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Corrected resampled t interval of the mean of K split scores (Nadeau & Bengio 2003).
+
+    half-width = t(1 - alpha/2, K-1) * sd * sqrt(1/K + n_test/n_train); a single split has no interval (0).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    k, mean = len(scores), float(scores.mean())
+    if k < 2:
+        return mean, mean
+    half = stats.t.ppf(0.5 + confidence / 2, k - 1) * scores.std(ddof=1) * np.sqrt(1 / k + test_train_ratio)
+    return mean - float(half), mean + float(half)
+
+
+def pool_tokens(tokens: np.ndarray) -> np.ndarray:
+    """(tokens, features) valid tokens -> (features,): the mean, as the student pools its own tokens."""
+    return tokens.mean(axis=0)
 
 
 def teacher_embeddings(store: FeatureStore, task: ProbeTask) -> np.ndarray:
-    """Mean over valid tokens (and over the segments of a cut series) of the cached teacher features."""
-    name = task.entry.name
+    """Each series' cached teacher tokens pooled by `pool_tokens` (the tokens of all its segments together)."""
+    name = task.name
     if name not in store.manifest.groups:
         raise ValueError(f"feature store {store.path} has no probe task {name!r}; run extract for it")
-    pooled, segment_ids = [], []
+    tokens_of: dict[str, list[np.ndarray]] = {}
     for chunk in range(store.n_chunks(name)):
         features, n_tokens, chunk_ids = store.read_chunk(name, chunk)
-        for tokens, count in zip(features, n_tokens):
-            pooled.append(tokens[:count].mean(axis=0))
-        segment_ids += [str(s).split("@")[0] for s in chunk_ids]
-    pooled, segment_ids = np.stack(pooled), np.array(segment_ids)
-    return np.stack([pooled[segment_ids == series_id].mean(axis=0) for series_id in task.ids])
+        for tokens, count, segment_id in zip(features, n_tokens, chunk_ids):
+            tokens_of.setdefault(str(segment_id).split("@")[0], []).append(tokens[:count])
+    return np.stack([pool_tokens(np.concatenate(tokens_of[series_id])) for series_id in task.ids])
 
 
-def train_from_scratch(config: STEPConfig, task: ProbeTask, steps: int, batch_size: int, seed: int) -> STEPEncoder:
-    """The paper's baseline: the student architecture trained with cross-entropy on the task's train split."""
-    torch.manual_seed(seed)
-    model = STEPEncoder(config)
-    classes = len(task.entry.probe.class_names)
-    head = torch.nn.Linear(config.hidden_size, classes)
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=0.05)
-    rng = np.random.default_rng(seed)
-    train_rows = np.flatnonzero(task.train)
-    model.train()
-    for _ in range(steps):
-        rows = rng.choice(train_rows, size=min(batch_size, len(train_rows)), replace=False)
-        values, lengths = pad_series([task.series[r] for r in rows])
-        out = model(values, lengths, sampling_rate=task.sampling_rate)
-        loss = torch.nn.functional.cross_entropy(head(out.pooled), torch.from_numpy(task.labels[rows]))
-        loss = loss + out.patching_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    return model.eval()
+def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, random_student: STEPEncoder,
+                     stores: dict[str, FeatureStore]) -> dict[str, np.ndarray]:
+    """{model name: (n, dim) embeddings} of one task's series for every compared model."""
+    batch_size = params.evaluate.batch_size
+    embeddings = {
+        "step-distilled": distilled.embed(task.series, task.sampling_rate, batch_size=batch_size),
+        "step-random": random_student.embed(task.series, task.sampling_rate, batch_size=batch_size),
+    }
+    for teacher, store in stores.items():
+        embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task)
+    rate = task.sampling_rate or 1.0  # unknown rate: band edges relative to Nyquist, whatever the unit
+    embeddings["baseline-stats"] = np.stack([baseline_features(s, rate) for s in task.series])
+    return embeddings
 
 
 def evaluate(params: Params) -> dict:
-    """Probe every model on every task; write metrics, per-task CSVs, a Markdown table and a bar chart."""
+    """Probe every model on every task over the K splits; write metrics, per-split scores, tables and plots."""
     config = params.evaluate
     catalog = load_catalog(params.prepare.catalog)
     names = config.datasets or [e.name for e in catalog.datasets if e.role == "probe"]
@@ -117,70 +168,146 @@ def evaluate(params: Params) -> dict:
     random_student = STEPEncoder(distilled.config).eval()
     stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
 
-    scores: dict[str, dict[str, float]] = {}
+    results = ProbeResults()
     for name in tqdm(names, desc="evaluate", unit="task"):
         task = load_task(catalog.get(name), catalog, params.prepare.series_store)
-        embeddings = {
-            "step-distilled": distilled.embed(task.series, task.sampling_rate, batch_size=config.batch_size),
-            "step-random": random_student.embed(task.series, task.sampling_rate, batch_size=config.batch_size),
-        }
-        for teacher, store in stores.items():
-            embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task)
-        if config.scratch_steps > 0:
-            scratch = train_from_scratch(distilled.config, task, config.scratch_steps, config.scratch_batch_size,
-                                         config.seed)
-            embeddings["step-scratch"] = scratch.embed(task.series, task.sampling_rate, batch_size=config.batch_size)
-        embeddings["baseline-stats"] = np.stack([baseline_features(s, task.sampling_rate) for s in task.series])
-        for model_name, vectors in embeddings.items():
-            scores.setdefault(model_name, {})[name] = probe_score(vectors, task, config.probe_c, config.seed)
-        log.info("%s: %s", name, {m: round(s[name], 3) for m, s in scores.items()})
-    for model_scores in scores.values():
-        model_scores["mean"] = float(np.mean([model_scores[n] for n in names]))
-    write_probe_reports(Path(config.reports_dir), scores, names, {n: catalog.get(n).probe.metric for n in names})
-    return scores
+        splits = probe_splits(task, config.splits, config.seed)
+        embeddings = model_embeddings(params, task, distilled, random_student, stores)
+        for model, vectors in embeddings.items():
+            for train in splits:
+                score, accuracy = probe_score(vectors, task.labels, train, task.entry.probe.metric,
+                                              config.probe_alphas)
+                results.add(model, task, score, accuracy, (~train).sum() / train.sum())
+        log.info("%s: %s", name, {m: round(float(np.mean(s[name])), 3) for m, s in results.scores.items()})
+    summary = results.summary()
+    write_probe_reports(Path(config.reports_dir), results, summary)
+    return summary
 
 
-def write_probe_reports(directory: Path, scores: dict, tasks: list[str], metrics: dict[str, str]) -> None:
+class ProbeResults:
+    """Per-split scores of every model on every task, and what is derived from them (means, intervals)."""
+
+    def __init__(self):
+        self.scores: dict[str, dict[str, list[float]]] = {}    # model -> task -> K metric scores
+        self.accuracy: dict[str, dict[str, list[float]]] = {}  # model -> task -> K accuracies
+        self.tasks: dict[str, ProbeTask] = {}
+        self.ratio: dict[str, float] = {}  # task -> n_test / n_train
+
+    def add(self, model: str, task: ProbeTask, score: float, accuracy: float, test_train_ratio: float) -> None:
+        self.scores.setdefault(model, {}).setdefault(task.name, []).append(score)
+        self.accuracy.setdefault(model, {}).setdefault(task.name, []).append(accuracy)
+        self.tasks[task.name], self.ratio[task.name] = task, float(test_train_ratio)
+
+    def groups(self) -> dict[str, list[str]]:
+        """{'mean': generated tasks, 'real_mean': real tasks}, each only when it has tasks."""
+        generated = [n for n, t in self.tasks.items() if not t.real]
+        real = [n for n, t in self.tasks.items() if t.real]
+        return {key: tasks for key, tasks in (("mean", generated), ("real_mean", real)) if tasks}
+
+    def per_split(self, table: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+        """model -> task (and `mean`, `real_mean`: averaged over their tasks split by split) -> K scores."""
+        out = {}
+        for model, by_task in table.items():
+            out[model] = dict(by_task)
+            for key, tasks in self.groups().items():
+                out[model][key] = np.mean([by_task[t] for t in tasks], axis=0).tolist()
+        return out
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """model -> task -> mean score over the splits (plus `mean` and `real_mean`)."""
+        return {m: {t: float(np.mean(s)) for t, s in by_task.items()} for m, by_task in self.per_split(self.scores).items()}
+
+    def intervals(self, table=None) -> dict[str, dict[str, tuple[float, float]]]:
+        """model -> task (and group) -> 95% interval of the mean."""
+        ratio = dict(self.ratio)
+        for key, tasks in self.groups().items():
+            ratio[key] = float(np.mean([self.ratio[t] for t in tasks]))
+        per_split = self.per_split(self.scores if table is None else table)
+        return {m: {t: interval(s, ratio[t]) for t, s in by_task.items()} for m, by_task in per_split.items()}
+
+
+def write_probe_reports(directory: Path, results: ProbeResults, summary: dict) -> None:
+    """probe_metrics.json (DVC metrics), probe_splits.json, probe_intervals.json, probe_accuracy.json,
+    probes/<task>.csv (DVC plots), probe_table.md and probe_scores.png (error bars: the 95% intervals)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
-    rounded = {model: {task: round(value, 4) for task, value in s.items()} for model, s in scores.items()}
-    (directory / "probe_metrics.json").write_text(json.dumps(rounded, indent=2) + "\n")
-    (directory / "probes").mkdir(exist_ok=True)
-    for task in [*tasks, "mean"]:
-        with open(directory / "probes" / f"{task}.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["model", "score"])
-            writer.writerows((model, round(s[task], 4)) for model, s in scores.items())
-    header = "| model | " + " | ".join(f"{t} ({metrics[t].replace('_', ' ')})" for t in tasks) + " | mean |"
-    lines = [header, "|" + "---|" * (len(tasks) + 2)]
-    best = {t: max(s[t] for s in scores.values()) for t in [*tasks, "mean"]}
-    for model, s in scores.items():
-        cells = [f"**{s[t]:.3f}**" if s[t] == best[t] else f"{s[t]:.3f}" for t in [*tasks, "mean"]]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    (directory / "probe_table.md").write_text("\n".join(lines) + "\n")
+    intervals = results.intervals()
+    columns = [*results.tasks, *results.groups()]
 
-    figure, axis = plt.subplots(figsize=(max(8, 1.4 * (len(tasks) + 1)), 4))
-    width = 0.8 / len(scores)
-    for i, (model, s) in enumerate(scores.items()):
-        axis.bar(np.arange(len(tasks) + 1) + i * width, [s[t] for t in [*tasks, "mean"]], width, label=model)
-    axis.set_xticks(np.arange(len(tasks) + 1) + 0.4 - width / 2, [*tasks, "mean"], rotation=20)
-    axis.set_ylabel("F1 (linear probe)")
+    def rounded(table):
+        return {model: {task: round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v]
+                        for task, v in by_task.items()} for model, by_task in table.items()}
+
+    (directory / "probe_metrics.json").write_text(json.dumps(rounded(summary), indent=2) + "\n")
+    (directory / "probe_splits.json").write_text(json.dumps(rounded(results.per_split(results.scores)), indent=2) + "\n")
+    (directory / "probe_intervals.json").write_text(json.dumps(rounded(intervals), indent=2) + "\n")
+    real = [n for n, t in results.tasks.items() if t.real]
+    accuracy = {m: {t: float(np.mean(s)) for t, s in by_task.items() if t in real + ["real_mean"]}
+                for m, by_task in results.per_split(results.accuracy).items()}
+    (directory / "probe_accuracy.json").write_text(json.dumps(rounded(accuracy), indent=2) + "\n")
+
+    (directory / "probes").mkdir(exist_ok=True)
+    for column in columns:
+        with open(directory / "probes" / f"{column}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["model", "score", "low", "high"])
+            writer.writerows((m, round(s[column], 4), *(round(x, 4) for x in intervals[m][column]))
+                             for m, s in summary.items())
+    (directory / "probe_table.md").write_text(probe_table(results, summary, intervals, accuracy))
+
+    figure, axis = plt.subplots(figsize=(max(8, 1.3 * len(columns)), 4.5))
+    width = 0.8 / len(summary)
+    for i, (model, s) in enumerate(summary.items()):
+        means = np.array([s[c] for c in columns])
+        low_high = np.array([intervals[model][c] for c in columns])
+        axis.bar(np.arange(len(columns)) + i * width, means, width, label=model,
+                 yerr=np.abs(low_high.T - means), capsize=2, error_kw={"elinewidth": 0.8})
+    axis.set_xticks(np.arange(len(columns)) + 0.4 - width / 2, columns, rotation=25, ha="right")
+    axis.set_ylabel("F1, linear probe (95% interval)")
     axis.set_ylim(0, 1)
-    axis.legend(fontsize=7, ncol=2)
+    axis.legend(fontsize=7, ncol=3)
     figure.tight_layout()
     figure.savefig(directory / "probe_scores.png", dpi=110)
     plt.close(figure)
+
+
+def probe_table(results: ProbeResults, summary: dict, intervals: dict, accuracy: dict) -> str:
+    """Markdown: F1 mean +- interval half-width per task; best mean per column in bold; real tasks' accuracy."""
+    columns = [*results.tasks, *results.groups()]
+
+    def header(column):
+        task = results.tasks.get(column)
+        return f"{column} ({task.entry.probe.metric.replace('_', ' ')})" if task else f"**{column}**"
+
+    lines = ["| model | " + " | ".join(header(c) for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    best = {c: max(s[c] for s in summary.values()) for c in columns}
+    for model, s in summary.items():
+        cells = []
+        for c in columns:
+            low, high = intervals[model][c]
+            cell = f"{s[c]:.3f} ±{(high - low) / 2:.3f}"
+            cells.append(f"**{cell}**" if s[c] == best[c] else cell)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    real = [n for n, t in results.tasks.items() if t.real]
+    if real:
+        lines += ["", "Real data sets, accuracy (the UCR archive's convention), mean over the same splits:", "",
+                  "| model | " + " | ".join(real) + " | real_mean |", "|" + "---|" * (len(real) + 2)]
+        for model, by_task in accuracy.items():
+            lines.append(f"| {model} | " + " | ".join(f"{by_task[t]:.3f}" for t in [*real, "real_mean"]) + " |")
+    k = len(next(iter(next(iter(results.scores.values())).values())))
+    lines += ["", f"{k} splits per task; ± is the half-width of the 95% interval of the mean (corrected resampled t)."]
+    return "\n".join(lines) + "\n"
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def update_readme(readme: Path, reports_dir: Path) -> None:
-    """Replace the README's results block with the generated probe table and distillation metrics."""
+    """Replace the README's results block with the generated probe table, fine-tuning and distillation metrics."""
     table = (reports_dir / "probe_table.md").read_text()
     distill = json.loads((reports_dir / "distill" / "metrics.json").read_text())
     block = (f"{README_START}\n{table}\nDistillation: {distill['steps']} steps in {distill['wall_seconds']} s; "

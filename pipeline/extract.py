@@ -179,7 +179,7 @@ class DatasetSegments:
     entry: CatalogEntry
     reader: SeriesReader
     segments: list[Segment]
-    sampling_rate: float
+    sampling_rate: float | None  # None: unknown (the catalog says so); teachers take the samples as they are
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class ChunkTask:
     entry: CatalogEntry
     chunk: int
     segments: list[Segment]
-    sampling_rate: float
+    sampling_rate: float | None
     max_tokens: int
 
 
@@ -200,7 +200,10 @@ def segment_datasets(entries: list[CatalogEntry], catalog: Catalog, series_store
     for entry in entries:
         reader = open_reader(entry, catalog, series_store)
         segments = segment_series(reader.ids, known_lengths(reader), max_samples)
-        rate = float(reader[0].sampling_rate) if entry.sampling_rate is None else entry.sampling_rate
+        if entry.rate_unknown:
+            rate = None
+        else:
+            rate = float(reader[0].sampling_rate) if entry.sampling_rate is None else entry.sampling_rate
         datasets.append(DatasetSegments(entry, reader, segments, rate))
     return datasets
 

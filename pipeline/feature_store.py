@@ -437,12 +437,14 @@ class FeatureStore:
     # ---------------------------------------------------------------- layout
 
     def ensure_group(
-        self, name: str, segment_ids: list[str], n_tokens: np.ndarray, token_rate: float, sampling_rate: float
+        self, name: str, segment_ids: list[str], n_tokens: np.ndarray, token_rate: float,
+        sampling_rate: float | None,
     ) -> None:
         """Create a data set's group (layout only, no features), or check that the existing one matches.
 
         segment_ids: (segment,) ids from the series store, in its order; n_tokens: (segment,) valid tokens of
-        each. An existing group with other ids, token counts or rates raises StoreMismatchError.
+        each. An existing group with other ids, token counts or rates raises StoreMismatchError. sampling_rate
+        None: unknown; token_rate is then per sample and token times are in samples.
         """
         self._require_writable()
         segment_ids = np.asarray(segment_ids, dtype=str)  # (segment,) <U..
@@ -480,7 +482,7 @@ class FeatureStore:
             raise ValueError(f"{where}: n_tokens must be non-negative integers, at least one positive")
         if len(np.unique(segment_ids)) != len(segment_ids):
             raise ValueError(f"{where}: segment ids are not unique")
-        if not (token_rate > 0 and sampling_rate > 0):
+        if not (token_rate > 0 and (sampling_rate is None or sampling_rate > 0)):
             raise ValueError(f"{where}: token_rate {token_rate} and sampling_rate {sampling_rate} must be > 0")
 
     def _create_group_layout(self, name, segment_ids, n_tokens, token_rate, sampling_rate) -> None:
@@ -489,7 +491,8 @@ class FeatureStore:
         n_chunks = math.ceil(n_segments / compression.chunk_segments)
         filters, compressors = _feature_codecs(compression)
         group = self._root.create_group(
-            name, attributes={"token_rate": float(token_rate), "sampling_rate": float(sampling_rate)}
+            name, attributes={"token_rate": float(token_rate),
+                              "sampling_rate": None if sampling_rate is None else float(sampling_rate)}
         )
         group.create_array(
             "features",
@@ -514,7 +517,7 @@ class FeatureStore:
         for array_name, times in (("token_start", token_index), ("token_end", token_index + 1)):
             group.create_array(
                 array_name, shape=(max_tokens,), dtype="float64", compressors=compressors,
-                dimension_names=("token",), attributes={"units": "s"},
+                dimension_names=("token",), attributes={"units": "s" if sampling_rate is not None else "samples"},
             )[:] = times / token_rate  # fmt: skip
         # One tiny file per chunk for the record and the statistics: each write_chunk writes its own files,
         # never read-modify-writes a shared one.
@@ -551,7 +554,7 @@ class FeatureStore:
             )
         attrs = self._root[name].attrs
         for key, value in (("token_rate", token_rate), ("sampling_rate", sampling_rate)):
-            if attrs[key] != float(value):
+            if attrs[key] != (None if value is None else float(value)):
                 raise StoreMismatchError(f"{where}: {key} is {attrs[key]} in the store, requested {value}. {advice}")
 
     def group_names(self) -> list[str]:
@@ -790,7 +793,8 @@ def describe_store(path: str | Path) -> str:
             f"Group {name}  ({n_done} of {store.n_chunks(name)} chunks written)",
             f"  dims: segment {n_segments}, token {max_tokens}, feature {feature_dim}; "
             f"{valid_tokens} valid tokens ({valid_tokens / (n_segments * max_tokens):.0%} of the box)",
-            f"  token_rate {info.token_rate:g} Hz, sampling_rate {info.sampling_rate:g} Hz",
+            f"  token_rate {info.token_rate:g} Hz, sampling_rate {info.sampling_rate:g} Hz" if info.sampling_rate
+            else f"  token_rate {info.token_rate:g} per sample, sampling_rate unknown",
             f"  features {features.dtype} chunks {features.chunks}",
             f"  codecs: {_codec_chain(features)}",
             f"  features on disk {_human_bytes(on_disk)}, uncompressed {_human_bytes(logical)} "

@@ -39,10 +39,30 @@ class FileSource(BaseModel):
     labels_file: str | None = Field(
         None, description="CSV (relative to data_root) with columns series_id,label[,split] for probe sets."
     )
+    ragged: list["RaggedPart"] | None = Field(
+        None,
+        description="Series of different lengths concatenated along time in one array per part (npz, HDF5 or "
+        "Zarr): each part names the values array (channels, sum of lengths), the lengths array and, for probe "
+        "sets, the labels array and the split of its series. Series ids are `<file stem>:<split or part>:<k>`.",
+    )
     non_finite: Literal["reject", "interpolate"] = Field(
         "reject", description="What to do with NaN/Inf samples: refuse the series, or interpolate linearly."
     )
 
+
+class RaggedPart(BaseModel):
+    """One array of concatenated series inside a file: series k is values[:, offsets[k]:offsets[k + 1]]."""
+
+    model_config = ConfigDict(extra="forbid")
+    values: str = Field(description="Key of the (channels, sum of lengths) or (sum of lengths,) values array.")
+    lengths: str = Field(description="Key of the (series,) integer lengths array.")
+    labels: str | None = Field(None, description="Key of the (series,) integer class labels (probe sets).")
+    split: Literal["train", "test"] | None = Field(
+        None, description="Official split of every series of this part (probe sets), e.g. a UCR train/test file."
+    )
+
+
+FileSource.model_rebuild()
 
 Source = Annotated[GeneratorSource | FileSource, Field(discriminator="kind")]
 
@@ -79,13 +99,28 @@ class CatalogEntry(BaseModel):
     domain: Domain = Field(description="Scientific domain.")
     role: Literal["pretrain", "probe"] = Field(description="pretrain: unlabelled distillation corpus; probe: task.")
     source: Source = Field(description="Where the series come from.")
-    sampling_rate: float | None = Field(gt=0, description="Sampling rate in Hz.")
+    sampling_rate: Annotated[float, Field(gt=0)] | Literal["unknown"] | None = Field(
+        description="Sampling rate in Hz; `unknown` when nobody knows it (e.g. UCR archive sets): teachers then "
+        "take the samples as they are (never resampled) and token times are in samples; null: every file states "
+        "its own rate (wav, flac, EDF, miniSEED).",
+    )
     channels: int = Field(ge=1, description="Number of channels of every series.")
     unit: str = Field(description="Physical unit of the values (e.g. strain, counts, V).")
     probe: ProbeSpec | None = Field(None, description="Labels and scoring; required for role probe.")
 
+    @property
+    def rate_unknown(self) -> bool:
+        """True when the catalog declares that nobody knows this data set's sampling rate."""
+        return self.sampling_rate == "unknown"
+
     @model_validator(mode="after")
     def _probe_iff_role_probe(self):
+        if isinstance(self.source, FileSource) and self.source.ragged:
+            if self.source.stacked:
+                raise ValueError(f"data set {self.name!r}: source.ragged and source.stacked exclude each other")
+            if self.role == "probe" and not self.source.labels_file and any(p.labels is None for p in self.source.ragged):
+                raise ValueError(f"data set {self.name!r}: a probe set needs labels for every ragged part "
+                                 "(source.ragged[].labels) or a labels_file")
         if self.role == "probe" and self.probe is None:
             raise ValueError(f"data set {self.name!r} has role 'probe' but no 'probe' section")
         if self.role == "pretrain" and self.probe is not None:

@@ -115,8 +115,10 @@ class GroupInfo(BaseModel):
 
     n_segments: int = Field(ge=1, description="Segments (rows of `features`), in the series store's order.")
     max_tokens: int = Field(ge=1, description="Token axis length; shorter segments are NaN-padded.")
-    token_rate: float = Field(gt=0, description="Tokens per second of series time; token i covers [i, i+1)/rate.")
-    sampling_rate: float = Field(gt=0, description="Sampling rate of the data set's series, Hz.")
+    token_rate: float = Field(gt=0, description="Tokens per second of series time (per sample when the sampling "
+                              "rate is unknown); token i covers [i, i+1)/rate.")
+    sampling_rate: float | None = Field(gt=0, description="Sampling rate of the data set's series, Hz; None: "
+                                        "unknown (token times are then in samples).")
     complete: bool = Field(False, description="Every chunk written (set by finalize).")
 
 

@@ -6,7 +6,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.loading import load_yaml_model
 from schemas.manifest import StoreCompression
@@ -101,12 +101,35 @@ class DistillParams(Section):
 
 class EvaluateParams(Section):
     datasets: list[str] | None = Field(None, description="Probe tasks (default: every probe data set).")
-    probe_c: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic-regression probe.")
-    scratch_steps: int = Field(60, ge=0, description="Steps of the from-scratch supervised baseline per task.")
-    scratch_batch_size: int = Field(16, ge=1, description="Batch size of the from-scratch baseline.")
+    splits: int = Field(
+        10, ge=1,
+        description="K train/test splits per task: the declared split (official for real data), then K-1 seeded "
+        "stratified resplits with the same test size; the same splits for every model.",
+    )
+    probe_alphas: list[float] = Field(
+        [10.0**e for e in range(-2, 5)], min_length=1,
+        description="Ridge penalties the probe chooses from, by leave-one-out on each train split (every model "
+        "gets the same grid).",
+    )
     batch_size: int = Field(32, ge=1, description="Embedding batch size.")
-    seed: int = Field(0, description="Seed of random-weight models and probes.")
+    seed: int = Field(0, description="Seed of the random-weight student and of the resplits.")
     reports_dir: str = Field("reports", description="Where metrics, tables and plots are written.")
+
+
+class FinetuneParams(Section):
+    """The paper's protocol: the encoder fine-tuned end to end per task, against the same architecture from scratch."""
+
+    datasets: list[str] | None = Field(None, description="Probe tasks (default: every probe data set).")
+    splits: int = Field(
+        1, ge=1, description="Splits fine-tuned per task (the first of evaluate's splits; 1 = the declared split)."
+    )
+    steps: int = Field(300, ge=1, description="Optimisation steps per model and task (the same budget for both).")
+    batch_size: int = Field(16, ge=1, description="Series per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay).")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed of the heads, the scratch model's initialisation and the batches.")
+    reports_dir: str = Field("reports", description="Where finetune_metrics.json and the loss curves go.")
 
 
 class Params(Section):
@@ -118,6 +141,15 @@ class Params(Section):
     student: StudentParams = Field(default_factory=StudentParams, description="The student architecture.")
     distill: DistillParams = Field(default_factory=DistillParams, description="`step-pipeline distill`.")
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="`step-pipeline evaluate`.")
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams, description="`step-pipeline finetune`.")
+
+    @model_validator(mode="after")
+    def _teacher_weights_name_teachers(self):
+        unknown = sorted(set(self.distill.teacher_weights) - set(self.extract.teachers))
+        if unknown:
+            raise ValueError(f"distill.teacher_weights names {unknown}, which are not teachers in extract.teachers "
+                             f"({sorted(self.extract.teachers)})")
+        return self
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -217,6 +217,120 @@ class SpectralTeacher(_TeacherFields, _RateFields):
         return self
 
 
+class HFRemoteCodeTeacher(_NeuralTeacherFields):
+    """A Hub model that ships its own modeling code (Time-MoE and the like): causal-LM style, one hidden state per
+    time step; the hidden states of a documented layer are the features, pooled over token_pool steps."""
+
+    kind: Literal["hf_remote_code"] = "hf_remote_code"
+    model_id: str = Field(description="Hugging Face Hub id (e.g. Maple728/TimeMoE-50M) or local directory with "
+                          "config.json (its auto_map naming the code files), the *.py files and model.safetensors.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); None: the default.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Run the modeling code shipped with the checkpoint (required when config.json has auto_map). "
+        "Off by default; a warning is logged when on. Only for checkpoints you trust, ideally with revision pinned.",
+    )
+    auto_class: Literal["causal_lm", "model"] = Field(
+        "causal_lm", description="Auto class the model loads with: causal_lm (AutoModelForCausalLM, Time-MoE's "
+        "TimeMoeForPrediction) or model (AutoModel)."
+    )
+    input_name: str = Field(
+        "input_ids", description="Keyword the model's forward takes the real-valued steps under (Time-MoE: "
+        "input_ids, a float tensor)."
+    )
+    feature_axis: bool = Field(
+        False, description="Pass (items, T, 1) instead of (items, T) (for models that want an explicit input size)."
+    )
+    layer: int = Field(
+        -1, description="Index into the model's hidden_states (0: embeddings, i: after block i; -1: the last, the "
+        "default)."
+    )
+    transformers4_compat: bool = Field(
+        False,
+        description="The model's code was written for transformers 4.x (Time-MoE's imports "
+        "transformers.modeling_attn_mask_utils, removed in transformers 5): provide that module's "
+        "_prepare_4d_causal_attention_mask while the code loads, and use eager attention.",
+    )
+    max_context: int = Field(
+        2048, ge=1, description="Longest input in steps; longer series are cut into overlapping windows, stitched. "
+        "2048 is the paper's cut for Time-MoE (whose own limit is 4096)."
+    )
+    token_pool: int = Field(16, ge=1, description="Consecutive steps (one hidden state each) averaged into one token.")
+
+
+class MomentTeacher(_NeuralTeacherFields):
+    """MOMENT (AutonLab/MOMENT-1-*, MIT): a T5 encoder over patches of 8 steps of a 512-step window, reimplemented
+    here from its published config.json + model.safetensors (the momentfm package pins numpy 1.25 and
+    transformers 4.33)."""
+
+    kind: Literal["moment"] = "moment"
+    model_id: str = Field(description="Hugging Face Hub id (AutonLab/MOMENT-1-small, -base, -large) or local "
+                          "directory with MOMENT's config.json and model.safetensors.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); None: the default.")
+    layer: int = Field(
+        -1, description="Index into the T5 encoder's hidden states (0: patch embeddings, i: after block i; -1: the "
+        "last, after the final layer norm, what MOMENT's embed() averages)."
+    )
+
+
+class MantisTeacher(_NeuralTeacherFields):
+    """Mantis (paris-noah/Mantis-8M, MIT): a small time-series classification foundation model, a ViT over 32
+    patches of a 512-step window; reimplemented here from its published weights (the mantis-tsfm package pins
+    pandas < 3)."""
+
+    kind: Literal["mantis"] = "mantis"
+    model_id: str = Field(description="Hugging Face Hub id (paris-noah/Mantis-8M) or local directory with "
+                          "model.safetensors (and config.json when not the Mantis-8M defaults).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); None: the default.")
+    layer: int = Field(
+        -1, description="Transformer output taken per patch token: 0: the token generator's output (with positions), "
+        "i: after block i, -1: the last block (default)."
+    )
+
+
+class BraindecodeTeacher(_NeuralTeacherFields, _RateFields):
+    """An EEG foundation model from braindecode (BSD-3) loaded with from_pretrained: it sees all channels of a series
+    at once; per-token features are pooled over channels."""
+
+    kind: Literal["braindecode"] = "braindecode"
+    model_class: str = Field(
+        description="braindecode.models class (CBraMod or Labram), or `package.module:Class` for a class of the same "
+        "interface (a huggingface_hub ModelHubMixin with forward(x, return_features=True))."
+    )
+    model_id: str = Field(description="Hugging Face Hub id (e.g. braindecode/cbramod-pretrained) or local directory "
+                          "(config.json + model.safetensors, as save_pretrained writes them).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit); None: the default.")
+    family: Literal["cbramod", "labram"] | None = Field(
+        None, description="Token layout of the model's output: cbramod ((batch, channels, patches, D), any length) or "
+        "labram ((batch, channels * patches, D), fixed n_times, channel names required). None: from model_class."
+    )
+    layer: int = Field(
+        -1, description="-1: the features the model returns with return_features=True (CBraMod: after proj_out; "
+        "LaBraM: after the final norm); i >= 0: the output of transformer block i (0-based)."
+    )
+    native_rate: float | None = Field(
+        None, gt=0, description="Rate the model was pre-trained at in Hz. None: the checkpoint's sfreq, else 200 "
+        "(CBraMod and LaBraM)."
+    )
+    max_context_seconds: float | None = Field(
+        None, gt=0, description="Longest window for models without a fixed input length (CBraMod). None: 30 s. "
+        "LaBraM always uses its checkpoint's n_times."
+    )
+    channel_names: dict[int, list[str]] = Field(
+        default_factory=dict,
+        description="Montage by channel count, for models that need channel names (LaBraM): the names of the "
+        "channels of every series with that many channels, e.g. {3: [C3, CZ, C4]}.",
+    )
+    channel_pool: Literal["mean", "mean_std"] = Field(
+        "mean", description="How per-channel tokens become one vector: mean over channels, or mean and std "
+        "concatenated (2 x D)."
+    )
+    input_std: float = Field(
+        0.2, gt=0, description="Every channel is standardised, then scaled to this standard deviation: CBraMod and "
+        "LaBraM were pre-trained on EEG in units of 100 uV, where scalp EEG has a std of about 0.1-0.3."
+    )
+
+
 class PluginTeacher(_NeuralTeacherFields, _RateFields):
     """A third-party adapter registered in the `step_pipeline.teachers` entry-point group."""
 
@@ -226,6 +340,15 @@ class PluginTeacher(_NeuralTeacherFields, _RateFields):
 
 
 TeacherSpec = Annotated[
-    HFAudioTeacher | HFTimeSeriesTeacher | SileroVADTeacher | FracastTeacher | SpectralTeacher | PluginTeacher,
+    HFAudioTeacher
+    | HFTimeSeriesTeacher
+    | SileroVADTeacher
+    | FracastTeacher
+    | SpectralTeacher
+    | HFRemoteCodeTeacher
+    | MomentTeacher
+    | MantisTeacher
+    | BraindecodeTeacher
+    | PluginTeacher,
     Field(discriminator="kind"),
 ]

@@ -2,10 +2,38 @@
 
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 TINY_STUDENT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
                 "front_end_channels": 16, "patch_points": 16}
+
+
+def write_real_set(path: Path, seed: int = 0) -> None:
+    """A small ragged .npz in the vendored UCR layout: 2 classes (sine / square bursts), 15-60 samples, no rate."""
+    rng = np.random.default_rng(seed)
+    parts = {}
+    for split, count in (("train", 16), ("test", 16)):
+        labels = np.arange(count) % 2
+        series = []
+        for label in labels:
+            t = np.arange(rng.integers(15, 61))
+            wave = np.sin(2 * np.pi * t / 8)
+            series.append((np.sign(wave) if label else wave) + 0.1 * rng.normal(size=len(t)))
+        parts |= {f"{split}_values": np.concatenate(series)[None].astype(np.float32),
+                  f"{split}_lengths": np.array([len(s) for s in series]), f"{split}_y": labels}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **parts)
+
+
+def real_probe_entry() -> dict:
+    """A `files` probe task over write_real_set's file (relative to the catalog's data_root), rate unknown."""
+    return {"name": "probe_real", "domain": "other", "role": "probe", "sampling_rate": "unknown", "channels": 1,
+            "unit": "arbitrary",
+            "source": {"kind": "files", "paths": ["real.npz"], "ragged": [
+                {"values": "train_values", "lengths": "train_lengths", "labels": "train_y", "split": "train"},
+                {"values": "test_values", "lengths": "test_lengths", "labels": "test_y", "split": "test"}]},
+            "probe": {"label": "shape", "class_names": ["sine", "square"], "metric": "macro_f1"}}
 
 
 def tiny_catalog() -> dict:
@@ -42,14 +70,19 @@ def tiny_params(root: Path) -> dict:
         "distill": {"max_steps": 6, "batch_size": 4, "val_every": 3, "checkpoint_every": 2, "warmup_steps": 2,
                     "val_fraction": 0.2, "device": "cpu", "output_dir": str(root / "models/step-student"),
                     "checkpoint_dir": str(root / "models/checkpoints"), "reports_dir": str(root / "reports")},
-        "evaluate": {"scratch_steps": 2, "reports_dir": str(root / "reports")},
+        "evaluate": {"splits": 3, "reports_dir": str(root / "reports")},
+        "finetune": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "reports_dir": str(root / "reports")},
     }
 
 
 def write_project(root: Path, params: dict | None = None) -> Path:
     """Write catalog.yaml and params.yaml under `root`; returns the params path."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "catalog.yaml").write_text(yaml.safe_dump(tiny_catalog(), sort_keys=False))
+    catalog = tiny_catalog()  # plus a real-data task read in place from a ragged file, rate unknown
+    catalog["data_root"] = str(root / "raw")
+    catalog["datasets"].append(real_probe_entry())
+    write_real_set(root / "raw" / "real.npz")
+    (root / "catalog.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params or tiny_params(root), sort_keys=False))
     return path

@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_every_stage():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("catalog", "prepare", "extract", "distill", "evaluate", "embed", "inspect", "params"):
+    for command in ("catalog", "prepare", "extract", "distill", "evaluate", "finetune", "embed", "inspect", "params"):
         assert command in result.output
     # option help comes from the pydantic field descriptions
     wide = {"COLUMNS": "200"}  # no line wrapping in the help table
@@ -63,10 +63,13 @@ def test_embed_file_and_dataset(tmp_path):
     STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT)).save_pretrained(model_dir)
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(5, 2, 300)).astype(np.float32))
     result = runner.invoke(app, ["embed", "--model", str(model_dir), "--input", str(tmp_path / "x.npy"),
-                                 "--output", str(tmp_path / "x.zarr")])
+                                 "--stacked", "--output", str(tmp_path / "x.zarr")])
     assert result.exit_code == 0, result.output
     ds = xr.open_zarr(tmp_path / "x.zarr", consolidated=True)
     assert ds["embedding"].shape == (5, 32) and np.isfinite(ds["embedding"].values).all()
+    result = runner.invoke(app, ["embed", "--model", str(model_dir), "--input", str(tmp_path / "x.npy"),
+                                 "--output", str(tmp_path / "x3.zarr")])
+    assert result.exit_code == 2 and "pass --stacked" in result.output  # a 3-D array is never one series
 
     params = write_project(tmp_path / "project")
     runner.invoke(app, ["prepare", "--params", str(params)])

@@ -72,3 +72,29 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stages_run(dvc(repo, "repro")) == {"extract@spectral", "distill", "evaluate"}
     assert "reports/probe_metrics.json" in dvc(repo, "metrics", "show")
+
+
+IMPORTED_PROJECT_FILES = """
+import pathlib, sys
+import pipeline.cli, stages.{stage}
+root = pathlib.Path.cwd().resolve()
+for module in list(sys.modules.values()):
+    path = pathlib.Path(getattr(module, "__file__", None) or "/").resolve()
+    if path.is_file() and path.is_relative_to(root) and ".venv" not in path.parts:
+        print(path.relative_to(root))
+"""
+
+
+@pytest.mark.parametrize("stage", ["prepare", "extract", "distill", "evaluate", "finetune"])
+def test_stage_deps_cover_the_project_modules_its_command_imports(stage):
+    """A stage whose command imports a module it does not depend on would not rerun when that module changes."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    definition = stages[stage].get("do", stages[stage])  # foreach stages keep theirs under `do`
+    assert f"step-pipeline {stage} " in definition["cmd"]
+    deps = [str(d) for d in definition["deps"]]
+    result = subprocess.run([sys.executable, "-c", IMPORTED_PROJECT_FILES.format(stage=stage)], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    imported = result.stdout.split()
+    assert "pipeline/cli.py" in imported and f"stages/{stage}.py" in imported  # the probe itself works
+    uncovered = [f for f in imported if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+    assert not uncovered, f"dvc.yaml stage {stage!r} imports {uncovered} without depending on them"

@@ -1,16 +1,23 @@
-"""The probe: near 1 on separable embeddings, near chance on shuffled labels; reports written as declared."""
+"""Evaluation: the probe, the repeated splits, the interval, teacher pooling, evaluate() end to end and the
+fine-tuning protocol."""
 
 import json
 
 import numpy as np
+import pytest
+import torch
+import xarray as xr
 
-from pipeline.evaluate import ProbeTask, probe_score, write_probe_reports
+from pipeline import evaluate as evaluation
+from pipeline.evaluate import ProbeTask, interval, probe_score, probe_splits, teacher_embeddings
 from schemas.catalog import CatalogEntry
 
+ALPHAS = [0.1, 1.0, 10.0, 100.0]
 
-def task(labels: np.ndarray, classes: int, metric: str) -> ProbeTask:
+
+def task(labels: np.ndarray, classes: int, metric: str = "macro_f1", name: str = "t") -> ProbeTask:
     entry = CatalogEntry.model_validate({
-        "name": "t", "domain": "other", "role": "probe", "sampling_rate": 1.0, "channels": 1, "unit": "V",
+        "name": name, "domain": "other", "role": "probe", "sampling_rate": 1.0, "channels": 1, "unit": "V",
         "source": {"kind": "generator", "generator": "sleep_eeg", "seed": 0, "count": len(labels)},
         "probe": {"label": "y", "class_names": [f"c{i}" for i in range(classes)], "metric": metric},
     })
@@ -22,28 +29,147 @@ def test_probe_on_separable_embeddings_scores_near_one():
     rng = np.random.default_rng(0)
     labels = np.arange(400) % 4
     embeddings = rng.normal(size=(400, 16)) + 4.0 * np.eye(16)[labels]
-    assert probe_score(embeddings, task(labels, 4, "macro_f1"), c=1.0, seed=0) > 0.97
+    train = np.arange(400) < 200
+    score, accuracy = probe_score(embeddings, labels, train, "macro_f1", ALPHAS)
+    assert score > 0.97 and accuracy > 0.97
     binary = labels % 2
-    assert probe_score(embeddings[:, :2] + 3 * binary[:, None], task(binary, 2, "binary_f1"), 1.0, 0) > 0.95
+    assert probe_score(embeddings[:, :2] + 5 * binary[:, None], binary, train, "binary_f1", ALPHAS)[0] > 0.95
 
 
 def test_probe_on_shuffled_labels_scores_near_chance():
     rng = np.random.default_rng(1)
     labels = np.arange(600) % 4
     embeddings = rng.normal(size=(600, 16)) + 4.0 * np.eye(16)[labels]
-    shuffled = rng.permutation(labels)
-    score = probe_score(embeddings, task(shuffled, 4, "macro_f1"), c=1.0, seed=0)
+    score, _ = probe_score(embeddings, rng.permutation(labels), np.arange(600) < 300, "macro_f1", ALPHAS)
     assert 0.1 < score < 0.4  # chance for 4 balanced classes is 0.25
 
 
-def test_reports_json_csv_table_and_chart(tmp_path):
-    scores = {"step-distilled": {"a": 0.9, "b": 0.5}, "step-random": {"a": 0.6, "b": 0.55}}
-    for s in scores.values():
-        s["mean"] = (s["a"] + s["b"]) / 2
-    write_probe_reports(tmp_path, scores, ["a", "b"], {"a": "binary_f1", "b": "macro_f1"})
-    assert json.loads((tmp_path / "probe_metrics.json").read_text())["step-distilled"]["mean"] == 0.7
-    assert (tmp_path / "probes/a.csv").read_text().splitlines() == ["model,score", "step-distilled,0.9",
-                                                                     "step-random,0.6"]
-    table = (tmp_path / "probe_table.md").read_text()
-    assert "| step-distilled | **0.900** | 0.500 | **0.700** |" in table
-    assert (tmp_path / "probe_scores.png").stat().st_size > 1000
+def test_splits_start_with_the_declared_split_then_stratified_resplits_of_the_same_size():
+    labels = np.array([0] * 30 + [1] * 10)
+    probe = task(labels, 2)
+    splits = probe_splits(probe, 5, seed=0)
+    assert len(splits) == 5 and np.array_equal(splits[0], probe.train)
+    for train in splits[1:]:
+        assert (~train).sum() == (~probe.train).sum()              # the same test size
+        assert labels[~train].sum() == 5                           # stratified: 10 of 40 positives -> 5 of 20
+    assert len({train.tobytes() for train in splits}) == 5        # distinct splits
+    again = probe_splits(probe, 5, seed=0)                         # the same for every model and every run
+    assert all(np.array_equal(a, b) for a, b in zip(splits, again))
+    assert not np.array_equal(probe_splits(task(labels, 2, name="other"), 5, seed=0)[1], splits[1])
+
+
+def test_interval_is_the_corrected_resampled_t_interval():
+    # hand-made: mean 0.6, sd 0.1, K = 3, t(0.975, 2) = 4.302653, sqrt(1/3 + 1) = 1.154701 -> half 0.496827
+    low, high = interval([0.5, 0.6, 0.7], test_train_ratio=1.0)
+    assert low == pytest.approx(0.6 - 0.496827, abs=1e-6) and high == pytest.approx(0.6 + 0.496827, abs=1e-6)
+    assert interval([0.4], 1.0) == (0.4, 0.4)  # one split: no interval
+    narrow = interval([0.5, 0.6, 0.7], test_train_ratio=0.0)
+    assert narrow[1] - narrow[0] < high - low  # the correction widens it
+
+
+@pytest.fixture(scope="module")
+def evaluated(extracted_project):
+    """The tiny project distilled for a few steps, then evaluated with every split recorded per model."""
+    from stages import distill as distill_stage
+    from stages import evaluate as evaluate_stage
+
+    root, params_path = extracted_project
+    if not (root / "models/step-student/config.json").exists():
+        distill_stage.run(str(params_path))
+    seen: list[bytes] = []  # the train mask of every probe fit, in call order (task, then model, then split)
+    original = evaluation.probe_score
+
+    def recording(embeddings, labels, train, metric, alphas):
+        seen.append(train.tobytes())
+        return original(embeddings, labels, train, metric, alphas)
+
+    evaluation.probe_score = recording
+    try:
+        summary = evaluate_stage.run(str(params_path))
+    finally:
+        evaluation.probe_score = original
+    return root, params_path, summary, seen
+
+
+def test_evaluate_scores_every_model_on_the_same_splits_with_real_rows(evaluated):
+    root, params_path, summary, seen = evaluated
+    models = {"step-distilled", "step-random", "teacher:silero_vad", "teacher:fracast", "teacher:spectral",
+              "baseline-stats"}
+    assert set(summary) == models
+    # every model was probed on the same 3 splits of each of the 3 tasks
+    assert len(seen) == 3 * len(models) * 3
+    for first in range(0, len(seen), 3 * len(models)):
+        per_model = [seen[first + 3 * m: first + 3 * m + 3] for m in range(len(models))]
+        assert all(m == per_model[0] for m in per_model) and len(set(per_model[0])) == 3
+    splits = json.loads((root / "reports/probe_splits.json").read_text())
+    for model, scores in summary.items():
+        assert len(splits[model]["probe_real"]) == 3
+        # `mean` over exactly the generated tasks, `real_mean` over exactly the real one
+        assert scores["mean"] == pytest.approx((scores["probe_sleep"] + scores["probe_radar"]) / 2, abs=1e-9)
+        assert scores["real_mean"] == pytest.approx(scores["probe_real"], abs=1e-9)
+    metrics = json.loads((root / "reports/probe_metrics.json").read_text())
+    assert set(metrics["step-distilled"]) == {"probe_sleep", "probe_radar", "probe_real", "mean", "real_mean"}
+    intervals = json.loads((root / "reports/probe_intervals.json").read_text())
+    low, high = intervals["step-distilled"]["mean"]
+    assert low <= metrics["step-distilled"]["mean"] <= high
+    accuracy = json.loads((root / "reports/probe_accuracy.json").read_text())
+    assert set(accuracy["step-distilled"]) == {"probe_real", "real_mean"}
+    table = (root / "reports/probe_table.md").read_text()
+    assert "probe_real (macro f1)" in table and "accuracy" in table and "±" in table
+    assert (root / "reports/probe_scores.png").stat().st_size > 1000
+    assert (root / "reports/probes/real_mean.csv").read_text().startswith("model,score,low,high")
+
+
+def test_teacher_rows_pool_every_token_of_every_segment_of_a_series(extracted_project):
+    from data_catalog.catalog import load_catalog
+    from pipeline.feature_store import FeatureStore
+    from schemas.params import load_params
+
+    root, params_path = extracted_project
+    params = load_params(params_path)
+    catalog = load_catalog(params.prepare.catalog)
+    probe = evaluation.load_task(catalog.get("probe_real"), catalog, params.prepare.series_store)
+    store = FeatureStore.open(root / "data/features/fracast.zarr")
+    pooled = teacher_embeddings(store, probe)
+    ds = xr.open_zarr(root / "data/features/fracast.zarr", group="probe_real", consolidated=True)
+    row = list(ds.segment_id.values).index(probe.ids[3])
+    expected = ds.features.values[row, : int(ds.n_tokens.values[row])].astype(np.float32).mean(axis=0)
+    assert pooled.shape == (len(probe.ids), store.manifest.feature_dim)
+    np.testing.assert_allclose(pooled[3], expected, rtol=1e-5)
+    assert probe.sampling_rate is None and probe.real  # the unknown rate reached the probe as None
+
+
+def test_finetune_lowers_the_loss_and_repeats_exactly_with_a_seed(extracted_project):
+    from pipeline.finetune import finetune
+    from pipeline.student import STEPConfig, STEPEncoder
+    from schemas.params import FinetuneParams
+    from tests.project import TINY_STUDENT
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(32) % 2
+    series = [np.sin(np.arange(200) / (3 + 5 * y))[None] * 10.0 ** (2 * y) + 0.05 * rng.normal(size=(1, 200))
+              for y in labels]
+    probe = task(labels, 2)
+    probe.series = [s.astype(np.float32) for s in series]
+    torch.manual_seed(0)
+    encoder = STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT))
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    config = FinetuneParams(steps=100, batch_size=8, warmup_steps=2, lr=3e-3)
+    model, _, losses = finetune(encoder, probe, probe.train, config)
+    assert np.mean(losses[-8:]) < 0.3 * np.mean(losses[:8])
+    _, _, again = finetune(encoder, probe, probe.train, config)
+    assert again == losses
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # a copy was trained
+    assert not torch.equal(model.state_dict()["final_norm.weight"], before["final_norm.weight"])
+
+
+def test_finetune_stage_writes_both_models_for_every_task(evaluated):
+    from stages import finetune as finetune_stage
+
+    root, params_path, _, _ = evaluated
+    metrics = finetune_stage.run(str(params_path))
+    assert set(metrics) == {"finetune-distilled", "finetune-scratch"}
+    for scores in metrics.values():
+        assert {"probe_sleep", "probe_radar", "probe_real", "mean", "real_mean"} <= set(scores)
+    assert json.loads((root / "reports/finetune_metrics.json").read_text()) == metrics
+    assert (root / "reports/finetune/loss_curves.png").stat().st_size > 1000

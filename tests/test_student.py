@@ -348,8 +348,15 @@ def test_embed_to_store_names_a_bad_series_by_id(model, tmp_path):
 def test_series_from_file(tmp_path):
     np.save(tmp_path / "rows.npy", np.arange(12, dtype=np.float32).reshape(3, 4))
     np.savez(tmp_path / "members.npz", a=np.ones(5), b=np.zeros((2, 7)))
-    rows = list(series_from_file(tmp_path / "rows.npy", sampling_rate=10.0))
+    rows = list(series_from_file(tmp_path / "rows.npy", sampling_rate=10.0, stacked=True))
     assert [s.id for s in rows] == ["rows/0", "rows/1", "rows/2"] and rows[1].values.shape == (1, 4)
+    # the catalog's convention: without `stacked`, a 2-D array is one (channels, time) series
+    (one,) = series_from_file(tmp_path / "rows.npy")
+    assert one.id == "rows/0" and one.values.shape == (3, 4) and np.array_equal(one.values[2], [8, 9, 10, 11])
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4), np.float32))
+    assert [s.values.shape for s in series_from_file(tmp_path / "cube.npy", stacked=True)] == [(3, 4), (3, 4)]
+    with pytest.raises(ValueError, match="pass --stacked"):
+        list(series_from_file(tmp_path / "cube.npy"))
     members = list(series_from_file(tmp_path / "members.npz"))
     assert [(s.id, s.values.shape) for s in members] == [("a", (1, 5)), ("b", (2, 7))]
     with pytest.raises(ValueError, match="expected a .npy or .npz file"):

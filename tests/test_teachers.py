@@ -92,6 +92,12 @@ def test_rate_plan_resamples_near_native_and_reinterprets_far_from_it():
         rate_plan(16000, 0.0)
 
 
+@pytest.mark.parametrize("policy", ["auto", "resample", "reinterpret", "anything"])
+def test_unknown_rate_is_taken_as_is_whatever_the_policy(policy):
+    assert rate_plan(16000, None, policy) == RatePlan("as_is")
+    assert rate_plan(None, None, policy) == RatePlan("as_is")
+
+
 def test_resampling_keeps_a_sine_at_its_frequency():
     rate, frequency = 4096.0, 440.0
     t = np.arange(4096) / rate
@@ -315,7 +321,11 @@ def test_spectral_token_counts(spectral, length, rate):
 # ---- Hugging Face teachers: tiny random models through from_pretrained ----------------------------------------
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
-    """save_pretrained directories of tiny random-weight models (and their feature extractors)."""
+    return build_tiny_hf_models(tmp_path_factory.mktemp("hf"))
+
+
+def build_tiny_hf_models(root: Path) -> dict[str, Path]:
+    """save_pretrained directories of tiny random-weight models (and their feature extractors) under root."""
     from transformers import (
         ASTConfig,
         ASTFeatureExtractor,
@@ -337,7 +347,6 @@ def hf_dirs(tmp_path_factory):
     )
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("hf")
     tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
     w2v_conv = {"conv_dim": (16, 16), "conv_stride": (5, 4), "conv_kernel": (10, 8), "num_conv_pos_embeddings": 16,
                 "num_conv_pos_embedding_groups": 2}  # fmt: skip
@@ -426,6 +435,48 @@ def test_chronos_style_tokens_are_mean_scaled_and_binned(hf_dirs):
     assert not np.allclose(teacher.encode(x, 1.0), teacher.encode(x + 5, 1.0), atol=1e-3)  # values are binned
     with pytest.raises(ValueError, match="token_pool applies to Chronos-style"):
         hf_teacher("hf_timeseries", hf_dirs["timesfm"], token_pool=4)
+
+
+# Every built-in teacher (and each family of the HF adapters): spec, and the tiny model it needs (hf_dirs key).
+BUILTIN_TEACHERS = {
+    "silero_vad": ({"kind": "silero_vad"}, None),
+    "fracast": ({"kind": "fracast"}, None),
+    "spectral": ({"kind": "spectral"}, None),
+    "wav2vec2": ({"kind": "hf_audio", "max_context_seconds": 0.5}, "wav2vec2"),
+    "hubert": ({"kind": "hf_audio", "max_context_seconds": 0.5}, "hubert"),
+    "whisper": ({"kind": "hf_audio"}, "whisper"),
+    "ast": ({"kind": "hf_audio"}, "ast"),
+    "patchtst": ({"kind": "hf_timeseries"}, "patchtst"),
+    "timesfm": ({"kind": "hf_timeseries"}, "timesfm"),
+    "chronos": ({"kind": "hf_timeseries"}, "chronos"),
+}
+
+
+def builtin_teacher(name: str, hf_dirs: dict[str, Path], **fields):
+    spec, model = BUILTIN_TEACHERS[name]
+    spec = {**spec, **({} if spec["kind"] == "spectral" else {"device": "cpu"}), **fields}
+    if model is not None:
+        spec["model_id"] = str(hf_dirs[model])
+    return load_teacher(name, spec)
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_TEACHERS))
+def test_unknown_rate_feeds_samples_as_native_with_tokens_per_sample(name, hf_dirs):
+    """sampling_rate None: no resampling under any policy, the tokens of the native rate, token_rate per sample."""
+    teacher = builtin_teacher(name, hf_dirs)
+    native = teacher.native_rate or 1.0  # rate-agnostic teachers: any rate is taken as is
+    for length in (1, 700, 5000):  # 5000: fracast decimates by 3, silero/wav2vec2/whisper/ast use windows
+        n_tokens = teacher.num_tokens(length, None)
+        assert n_tokens == teacher.num_tokens(length, native)
+        per_sample = teacher.token_rate(None, length)
+        assert per_sample == pytest.approx(teacher.token_rate(native, length) / native)
+        assert n_tokens / per_sample >= length and (n_tokens - 1) / per_sample < length  # times in samples
+    values = random_series(1, 2, 5000)
+    np.testing.assert_array_equal(teacher.encode(values, None), teacher.encode(values, native))
+    if teacher.native_rate is not None:  # a rate far from native would be resampled: None never is
+        forced = builtin_teacher(name, hf_dirs, rate_policy="resample")
+        assert forced.num_tokens(5000, None) == teacher.num_tokens(5000, native)
+        assert forced.num_tokens(5000, native / 2) > forced.num_tokens(5000, None)
 
 
 def test_trust_remote_code_is_off_unless_asked_and_warns_when_on(hf_dirs, caplog):

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 from data_catalog.readers import SeriesReader
 from data_catalog.segments import Segment, segment_series
 from pipeline.extract import SegmentValues, known_lengths
-from pipeline.feature_store import FeatureStore
+from pipeline.feature_store import FeatureStore, merge_moments
 from schemas.manifest import config_hash
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class DataSet:
     name: str
     reader: SeriesReader
     segments: list[Segment]
-    sampling_rate: float
+    sampling_rate: float | None  # None: unknown
     n_blocks: int
     block_size: int
     token_rate: dict[str, float]  # per teacher
@@ -56,7 +56,7 @@ class Batch:
     segment_ids: list[str]
     values: torch.Tensor
     lengths: torch.Tensor
-    sampling_rate: float
+    sampling_rate: float | None
     targets: dict[str, torch.Tensor]
     n_tokens: dict[str, torch.Tensor]
 
@@ -86,6 +86,17 @@ def pool_tokens(tokens: torch.Tensor, max_tokens: int) -> torch.Tensor:
     counts = torch.full((padded.shape[0] // factor,), float(factor))
     counts[-1] -= pad  # the last group averages only the tokens it has
     return padded.view(-1, factor, tokens.shape[1]).sum(dim=1) / counts[:, None]
+
+
+def target_statistics(store: FeatureStore, groups: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (F,) over the valid tokens of `groups` only, merged from the per-chunk moments
+    the store kept while it was written (the manifest's statistics cover every group, probe tasks included)."""
+    counts, means, m2s = [], [], []
+    for group in sorted(groups):  # a fixed merge order
+        _, count, mean, m2 = store.chunk_statistics(group)
+        counts.append(count), means.append(mean), m2s.append(m2)
+    _, mean, variance = merge_moments(np.concatenate(counts), np.concatenate(means), np.concatenate(m2s))
+    return mean, np.sqrt(variance)
 
 
 def is_validation(segment_id: str, fraction: float) -> bool:
@@ -133,10 +144,13 @@ class DistillationData:
         self.batch_size, self.shuffle_blocks, self.prefetch = batch_size, shuffle_blocks, prefetch_blocks
         self.seed, self.crop_min_fraction, self.max_target_tokens = seed, crop_min_fraction, max_target_tokens
         self.teachers = list(stores)
-        # per-feature statistics of each store, for standardised targets; a constant feature keeps std 1e-6
-        self.mean = {k: torch.tensor(s.manifest.feature_mean, dtype=torch.float32) for k, s in stores.items()}
-        self.std = {k: torch.tensor(s.manifest.feature_std, dtype=torch.float32).clamp_min(1e-6)
-                    for k, s in stores.items()}
+        # per-feature statistics of each store over the training data sets only (never the probe tasks), for
+        # standardised targets; a constant feature keeps std 1e-6
+        self.mean, self.std = {}, {}
+        for teacher, store in stores.items():
+            mean, std = target_statistics(store, list(self.datasets))
+            self.mean[teacher] = torch.tensor(mean, dtype=torch.float32)
+            self.std[teacher] = torch.tensor(std, dtype=torch.float32).clamp_min(1e-6)
         self.val_rows = {d.name: np.array([is_validation(s.id, val_fraction) for s in d.segments], bool)
                          for d in datasets}
         self.blocks = [(d.name, b) for d in datasets for b in range(d.n_blocks)]
@@ -301,8 +315,9 @@ class DistillationData:
             return item
         first = int(rng.integers(0, n - keep + 1))
         seconds = (first / data.token_rate[coarsest], (first + keep) / data.token_rate[coarsest])
-        a = int(round(seconds[0] * data.sampling_rate))
-        b = min(values.shape[1], int(round(seconds[1] * data.sampling_rate)))
+        samples_per_unit = data.sampling_rate or 1.0  # unknown rate: token times are in samples
+        a = int(round(seconds[0] * samples_per_unit))
+        b = min(values.shape[1], int(round(seconds[1] * samples_per_unit)))
         if b - a < 1:
             return item
         cropped = {}

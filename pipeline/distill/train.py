@@ -194,6 +194,9 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
         log.warning("--resume: no checkpoint at %s, starting from scratch", checkpoint)
 
     # ---- the loop: epochs of a deterministic plan; resuming skips the batches already trained on
+    if step == 0:  # the validation loss before any training: what distillation starts from
+        history["val"].append({"step": 0} | validation_loss(objective, model, data, device, autocast))
+        log.info("step 0: val %.4f", history["val"][-1]["total"])
     started, seen = time.perf_counter(), 0
     progress = tqdm(total=config.max_steps, initial=step, desc="distill", unit="step", dynamic_ncols=True,
                     disable=not main_process)

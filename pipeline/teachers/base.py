@@ -4,9 +4,22 @@ A teacher turns a batch of series, recorded at any sampling rate, into token fea
 on a uniform grid of the original time axis: token i covers [i / token_rate, (i + 1) / token_rate) seconds.
 The feature store pre-allocates its layout from `num_tokens`, so that count is exact, never an estimate.
 
+Unknown sampling rate (`sampling_rate=None`, e.g. UCR series with no recorded rate): the teacher takes the
+samples as they are, as if recorded at its native rate, and never resamples (`rate_plan` returns "as_is" whatever
+the policy); `num_tokens` and `encode` give what a rate equal to the native rate would give, and `token_rate`
+counts tokens per sample, so token times come out in samples instead of seconds.
+
+Physical scale: a teacher's features do not depend on the series' units. x, 1e-21 * x and 1e6 * x give the same
+features (to float32 rounding), because every built-in adapter rescales each channel by its own scale, computed in
+float64, before the model (`peak_scaled`, `standardized`, or the model's own min-max or mean scaling redone in
+float64), and every floor that keeps a flat series finite is relative to the series' own magnitude
+(`RELATIVE_FLOOR`), never an absolute number in the model's units (those lose 1e-21 strain entirely). The
+absolute level is what the student's statistics compensation supplies. Plug-ins opt in with `input_scaling`.
+
 `WindowedTeacher` does what is common to the built-in teachers, top to bottom in `encode`:
   1. rate: resample to the native rate (scipy polyphase), or reinterpret the samples as native (a time stretch),
      per the spec's rate policy (`rate_plan`). Rate-agnostic teachers (native_rate None) take samples as they are.
+     Then `normalize_series` rescales each channel (see "Physical scale" above; the subclass picks how).
   2. channels: audio and general time-series teachers see every channel on its own and average the token
      features over channels, so the feature dimension never depends on the channel count (1..58 in our data).
      A brain model (`sees_all_channels`) gets all channels at once and must itself return a fixed dimension.
@@ -38,6 +51,10 @@ Domain = Literal["audio", "timeseries", "brain"]
 # common audio/EEG pair exact (44.1k -> 16k is 160/441) and the polyphase filter small.
 MAX_RESAMPLE_DENOMINATOR = 1000
 
+# Spreads below this fraction of a series' largest |value| count as flat. float32 resolves ~1.2e-7 of a value, so
+# anything smaller is rounding noise of the level, not signal; as a fraction it scales with the series' units.
+RELATIVE_FLOOR = 1e-6
+
 
 class TeacherAdapter(abc.ABC):
     """What the extraction loop calls. See the module docstring for the token grid."""
@@ -49,17 +66,19 @@ class TeacherAdapter(abc.ABC):
     feature_dim: int  # fixed, independent of the input's channel count
 
     @abc.abstractmethod
-    def num_tokens(self, length: int, sampling_rate: float) -> int:
-        """Exact number of tokens `encode` returns for `length` samples at `sampling_rate` (>= 1 if length >= 1)."""
+    def num_tokens(self, length: int, sampling_rate: float | None) -> int:
+        """Exact number of tokens `encode` returns for `length` samples at `sampling_rate` (>= 1 if length >= 1).
+        None: the rate is unknown (see the module docstring)."""
 
     @abc.abstractmethod
-    def token_rate(self, sampling_rate: float, length: int | None = None) -> float:
-        """Tokens per second of the original series' time axis (for teachers that decimate long inputs by a
-        length-dependent factor, of a series of `length` samples)."""
+    def token_rate(self, sampling_rate: float | None, length: int | None = None) -> float:
+        """Tokens per second of the original series' time axis, per sample when the rate is unknown (None)
+        (for teachers that decimate long inputs by a length-dependent factor, of a series of `length` samples)."""
 
     @abc.abstractmethod
-    def encode(self, values: np.ndarray, sampling_rate: float) -> np.ndarray:
-        """(batch, channels, time) float32 -> (batch, num_tokens(time, rate), feature_dim) float32."""
+    def encode(self, values: np.ndarray, sampling_rate: float | None) -> np.ndarray:
+        """(batch, channels, time) float32 -> (batch, num_tokens(time, rate), feature_dim) float32; the same
+        features for any positive rescaling of a series (see the module docstring)."""
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -77,16 +96,19 @@ class RatePlan:
 
 
 def rate_plan(
-    native_rate: float | None, sampling_rate: float, policy: str = "auto", max_factor: float = 4.0
+    native_rate: float | None, sampling_rate: float | None, policy: str = "auto", max_factor: float = 4.0
 ) -> RatePlan:
     """Resample only when it makes sense physically.
 
     Resampling a 30-minute-cadence light curve to 16 kHz would turn each sample into 29 million, so the
     "auto" policy resamples only within a factor `max_factor` of the native rate and otherwise feeds the
     samples as if recorded at the native rate. A ratio within 1/MAX_RESAMPLE_DENOMINATOR of 1 is left as is.
+    An unknown rate (None) gives nothing to resample from: the samples go in as they are, whatever the policy.
     """
+    if sampling_rate is None:
+        return RatePlan("as_is")
     if not (math.isfinite(sampling_rate) and sampling_rate > 0):
-        raise ValueError(f"sampling_rate must be a positive finite number of Hz, got {sampling_rate!r}")
+        raise ValueError(f"sampling_rate must be a positive finite number of Hz or None, got {sampling_rate!r}")
     if native_rate is None:
         return RatePlan("as_is")
     ratio = native_rate / sampling_rate
@@ -115,6 +137,29 @@ def resample(values: np.ndarray, plan: RatePlan) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def peak_scaled(values: np.ndarray) -> np.ndarray:
+    """(..., T) -> (..., T) float32, each row divided by its largest |value| (float64): waveforms in [-1, 1], as
+    audio models expect, whatever the units. An all-zero row stays zero."""
+    x = np.asarray(values, dtype=np.float64)
+    peak = np.abs(x).max(axis=-1, keepdims=True)  # (..., 1)
+    return (x / np.where(peak > 0, peak, 1.0)).astype(np.float32)
+
+
+def standardized(values: np.ndarray) -> np.ndarray:
+    """(..., T) -> (..., T) float32, each row centred and divided by its standard deviation (float64).
+
+    The deviation is floored at RELATIVE_FLOOR times the row's largest |value|, so a constant row becomes zeros
+    and a flat one with float32 rounding noise stays small, instead of that noise being blown up to unit variance.
+    For models that centre and scale their input themselves this only moves their absolute floors (e.g. 1e-5 on
+    PatchTST's variance) to a fixed fraction of the series' own scale; it also keeps offsets from eating float32
+    precision (a light curve at 1e4 +- 1e-2).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    centred = x - x.mean(axis=-1, keepdims=True)  # (..., T)
+    scale = np.maximum(centred.std(axis=-1, keepdims=True), RELATIVE_FLOOR * np.abs(x).max(axis=-1, keepdims=True))
+    return (centred / np.where(scale > 0, scale, 1.0)).astype(np.float32)
+
+
 def window_starts(n_tokens: int, window_tokens: int, overlap: float) -> list[int]:
     """First token of every window covering n_tokens, windows of window_tokens tokens overlapping by `overlap`.
 
@@ -141,16 +186,21 @@ def stitch_plan(starts: list[int], window_tokens: int, n_tokens: int) -> list[tu
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def pool_steps(features: torch.Tensor, pool: int) -> torch.Tensor:
+def pool_steps(features: torch.Tensor, pool: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """(items, steps, D) -> (items, ceil(steps / pool), D): mean over groups of `pool` consecutive steps; the
-    last, partial group is the mean of the steps it has."""
+    last, partial group is the mean of the steps it has. valid: (items, steps) bool, steps to leave out of the
+    means (padding); a group with no valid step gives zeros."""
     items, steps, dim = features.shape
     n_tokens = math.ceil(steps / pool)
+    if valid is None:
+        valid = torch.ones(items, steps, dtype=torch.bool, device=features.device)
+    weights = torch.zeros(items, n_tokens * pool, dtype=features.dtype, device=features.device)
+    weights[:, :steps] = valid.to(features.dtype)
     padded = torch.zeros(items, n_tokens * pool, dim, dtype=features.dtype, device=features.device)
     padded[:, :steps] = features
-    counts = torch.full((n_tokens,), float(pool), dtype=features.dtype, device=features.device)
-    counts[-1] = steps - (n_tokens - 1) * pool
-    return padded.view(items, n_tokens, pool, dim).sum(dim=2) / counts[None, :, None]
+    sums = (padded * weights[..., None]).view(items, n_tokens, pool, dim).sum(dim=2)
+    counts = weights.view(items, n_tokens, pool).sum(dim=2).clamp_min(1.0)  # (items, n_tokens)
+    return sums / counts[..., None]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -221,12 +271,15 @@ def hub_model_files(teacher: str, spec) -> tuple[Path, list[Path]]:
 class WindowedTeacher(TeacherAdapter):
     """A teacher whose tokens sit on a fixed hop of `samples_per_token` model samples (see module docstring).
 
-    Subclasses set domain, native_rate, max_context, feature_dim, samples_per_token and write
+    Subclasses set domain, native_rate, max_context, feature_dim, samples_per_token and input_scaling and write
     `encode_window`; they may override `normalize_series` and `pool_channels`.
     """
 
     samples_per_token: int  # model samples per token: the hop of the token grid
     sees_all_channels: bool = False  # True: encode_window gets every channel of a series at once
+    # How normalize_series rescales each channel before the model: "peak" (peak_scaled), "standard"
+    # (standardized), or "none" (the subclass makes its features scale-free itself, or opts out).
+    input_scaling: Literal["none", "peak", "standard"] = "none"
     device: torch.device = torch.device("cpu")
     bf16: bool = False
 
@@ -242,15 +295,24 @@ class WindowedTeacher(TeacherAdapter):
         channels is 1 unless `sees_all_channels`. Runs under torch.inference_mode (and autocast if bf16)."""
 
     def normalize_series(self, values: np.ndarray) -> np.ndarray:
-        """Per-series normalisation of (batch, channels, T) model samples before windowing. Default: none."""
-        return values
+        """Per-channel rescaling of (batch, channels, T) model samples before windowing, per `input_scaling`.
+
+        On the whole series, not per window, so windows of one series keep their relative levels. One series at
+        a time, so the float64 working copy stays one series' size."""
+        if self.input_scaling == "none":
+            return values
+        rescale = {"peak": peak_scaled, "standard": standardized}[self.input_scaling]
+        out = np.empty(values.shape, dtype=np.float32)  # (batch, channels, T)
+        for item, series in enumerate(values):
+            out[item] = rescale(series)
+        return out
 
     def pool_channels(self, features: np.ndarray) -> np.ndarray:
         """(batch, channels, tokens, D) -> (batch, tokens, feature_dim). Default: mean over channels."""
         return features.mean(axis=1)
 
     # ---- the contract -----------------------------------------------------------------------------------
-    def rate_plan(self, sampling_rate: float) -> RatePlan:
+    def rate_plan(self, sampling_rate: float | None) -> RatePlan:
         return rate_plan(
             self.native_rate,
             sampling_rate,
@@ -258,21 +320,22 @@ class WindowedTeacher(TeacherAdapter):
             getattr(self.spec, "max_resample_factor", 4.0),
         )
 
-    def model_length(self, length: int, sampling_rate: float) -> int:
+    def model_length(self, length: int, sampling_rate: float | None) -> int:
         """Samples the model sees for a series of `length` samples."""
         plan = self.rate_plan(sampling_rate)
         return -(-length * plan.up // plan.down)  # resample_poly's output length, ceil(length * up / down)
 
-    def num_tokens(self, length: int, sampling_rate: float) -> int:
+    def num_tokens(self, length: int, sampling_rate: float | None) -> int:
         if length < 1:
             raise ValueError(f"teacher {self.name!r}: a series needs at least one sample, got length {length}")
         return max(1, math.ceil(self.model_length(length, sampling_rate) / self.samples_per_token))
 
-    def token_rate(self, sampling_rate: float, length: int | None = None) -> float:
+    def token_rate(self, sampling_rate: float | None, length: int | None = None) -> float:
         plan = self.rate_plan(sampling_rate)
-        return sampling_rate * plan.up / plan.down / self.samples_per_token
+        per_unit = 1.0 if sampling_rate is None else sampling_rate  # unknown rate: tokens per sample
+        return per_unit * plan.up / plan.down / self.samples_per_token
 
-    def encode(self, values: np.ndarray, sampling_rate: float) -> np.ndarray:
+    def encode(self, values: np.ndarray, sampling_rate: float | None) -> np.ndarray:
         values = self._checked(values)
         batch, channels, length = values.shape
         n_tokens = self.num_tokens(length, sampling_rate)

@@ -5,9 +5,14 @@ Fracast-0 is a small (85k parameters) forecasting foundation model: a causal, di
 features, then a quantile head we do not use. Its core maps (items, 1, 2048) values to (items, 2048, 64)
 features, one vector per step; `token_pool` consecutive steps are averaged into one token (default 16 steps).
 
-Rate: none. Like every general time-series model it sees steps, not seconds (native_rate None).
+Rate: none. Like every general time-series model it sees steps, not seconds (native_rate None), so an unknown
+rate (None) changes nothing but the token_rate's unit (tokens per sample).
 Input normalisation: the model's own, min-max scaling of each window to [0, 1] (as its forecasting path does;
-FINDINGS: its features were clearly more informative with that than with z-scoring).
+FINDINGS: its features were clearly more informative with that than with z-scoring), computed in float64. Its
+forecasting path floors the span at an absolute 1e-5, which flattens 1e-21 strain to a constant; here the floor
+is relative, RELATIVE_FLOOR times the window's largest |value| (base.py), so the features are the same for x,
+1e-21 * x and 1e6 * x, and a constant or all-zero window still maps to zeros. The absolute level is what the
+student's statistics compensation supplies.
 Short inputs: the window sits at the end of the 2048-step context with the steps before it marked invalid
 (the model's own padding mechanism, as in its forecasting path); the final, partial token averages the steps it
 has. Long inputs: decimated by ceil(length / max_steps) to fit one context (default; the paper cuts Time-MoE's
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 from pipeline.teachers.base import (
+    RELATIVE_FLOOR,
     RatePlan,
     WindowedTeacher,
     local_model_dir,
@@ -37,8 +43,16 @@ from pipeline.teachers.base import (
 )
 from schemas.teachers import FracastTeacher
 
-MIN_SPAN = 1e-5  # min-max scaling floor, as in fracast's own forecasting path
 RELEASE_FILES = {"w8": ["model.int8.safetensors", "w8_manifest.json"], "fp32": ["model.safetensors"]}
+
+
+def min_max_scaled(x: np.ndarray) -> np.ndarray:
+    """(items, T) -> (items, T) float32 in [0, 1], fracast's scaling with a span floor relative to the window's
+    largest |value| (float64): the same output for any positive rescaling; a flat window gives zeros."""
+    x = x.astype(np.float64)
+    low, high = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)  # (items, 1)
+    span = np.maximum(high - low, RELATIVE_FLOOR * np.maximum(np.abs(low), np.abs(high)))
+    return ((x - low) / np.where(span > 0, span, 1.0)).astype(np.float32)
 
 
 class FracastTeacherAdapter(WindowedTeacher):
@@ -74,25 +88,23 @@ class FracastTeacherAdapter(WindowedTeacher):
             return 1
         return max(1, -(-length // self.spec.max_steps))
 
-    def num_tokens(self, length: int, sampling_rate: float) -> int:
+    def num_tokens(self, length: int, sampling_rate: float | None) -> int:
         return super().num_tokens(-(-length // self.decimation(length)), sampling_rate)
 
-    def token_rate(self, sampling_rate: float, length: int | None = None) -> float:
+    def token_rate(self, sampling_rate: float | None, length: int | None = None) -> float:
         return super().token_rate(sampling_rate) / (1 if length is None else self.decimation(length))
 
-    def encode(self, values: np.ndarray, sampling_rate: float) -> np.ndarray:
+    def encode(self, values: np.ndarray, sampling_rate: float | None) -> np.ndarray:
         factor = self.decimation(np.shape(values)[-1])
         if factor > 1:  # anti-aliased polyphase decimation, ceil(length / factor) steps
             values = resample(self._checked(values), RatePlan("resample", 1, factor))
         return super().encode(values, sampling_rate)
 
     def encode_window(self, windows: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(windows[:, 0]).to(self.device)  # (items, T)
+        x = torch.from_numpy(min_max_scaled(windows[:, 0])).to(self.device)  # (items, T) in [0, 1]
         items, length = x.shape
-        low = x.min(dim=1, keepdim=True).values
-        span = (x.max(dim=1, keepdim=True).values - low).clamp_min(MIN_SPAN)
         values = torch.zeros(items, 1, self.context, device=self.device)  # (items, 1, 2048)
-        values[:, 0, self.context - length :] = (x - low) / span  # the window ends where the context ends
+        values[:, 0, self.context - length :] = x  # the window ends where the context ends
         valid = torch.zeros(items, 1, self.context, dtype=torch.bool, device=self.device)
         valid[:, 0, self.context - length :] = True
 

@@ -1,5 +1,6 @@
 """Any transformers audio encoder as a teacher, loaded with AutoFeatureExtractor + AutoModel.
 
+Rate: the feature extractor's sampling_rate (16 kHz for these); a series of unknown rate (None) is taken at it.
 Three families, told apart by the model's config; each has its own token grid and padding:
   - wav2vec2 family (wav2vec2, HuBERT, WavLM, data2vec-audio... any config with conv_stride/conv_kernel): a
     strided convolutional front end, one token per prod(conv_stride) samples (320 = 20 ms at 16 kHz). The
@@ -12,6 +13,13 @@ Three families, told apart by the model's config; each has its own token grid an
   - AST (Audio Spectrogram Transformer): 16x16 patches of a 10 ms-hop fbank, strided in frequency and time;
     patch tokens are averaged over frequency to one token per time_stride frames (100 ms by default). Its
     extractor pads or cuts to max_length frames (10.24 s); inputs shorter than one 25 ms frame are zero-padded.
+Scale: each family's own preprocessing has absolute floors that erase series in small units (1e-21 strain):
+wav2vec2's extractor divides by sqrt(var + 1e-7), Whisper clamps mel power at 1e-10 (then keeps 80 dB below the
+maximum), AST's fbank floors mel power at 1.19e-7 and subtracts a fixed AudioSet mean. So every channel is
+rescaled over the whole series first, in float64 (base.py): standardised for extractors that z-score anyway
+(wav2vec2 family with do_normalize; their 1e-7 floor then sits at 1e-7 of the series' variance), peak-scaled
+to [-1, 1] for models fed raw waveforms (wav2vec2 family without do_normalize, Whisper, AST). Features are then
+the same for x, 1e-21 * x and 1e6 * x; the absolute level is what the student's statistics compensation supplies.
 Layer: an index into `hidden_states` as transformers returns them with output_hidden_states=True
 (0: embeddings, i: after block i; default -1, the last).
 Weights: safetensors only (use_safetensors=True); hub ids are fetched (json + safetensors files, plus *.py when
@@ -63,6 +71,8 @@ class HFAudioTeacherAdapter(WindowedTeacher):
         self.native_rate = float(self.feature_extractor.sampling_rate)
         context = int(spec.max_context_seconds * self.native_rate)
 
+        # Raw waveforms are expected in [-1, 1]; extractors that z-score get a standardised series (see above).
+        self.input_scaling = "peak"
         if config.model_type == "whisper":
             self.family = "whisper"
             model = model.get_encoder()
@@ -76,6 +86,8 @@ class HFAudioTeacherAdapter(WindowedTeacher):
             context = min(context, time_patches * self.samples_per_token)
         elif hasattr(config, "conv_stride") and hasattr(config, "conv_kernel"):
             self.family = "wav2vec2"
+            if getattr(self.feature_extractor, "do_normalize", False):
+                self.input_scaling = "standard"
             self.samples_per_token = math.prod(config.conv_stride)
             self.receptive_field = receptive_field(list(config.conv_kernel), list(config.conv_stride))
         else:
@@ -145,6 +157,7 @@ class HFAudioTeacherAdapter(WindowedTeacher):
             "feature_dim": self.feature_dim,
             "family": self.family,
             "token_hop_samples": self.samples_per_token,
+            "input_scaling": self.input_scaling,
             "trust_remote_code": self.spec.trust_remote_code,
             "packages": {"transformers": transformers.__version__, "torch": torch.__version__},
         }

@@ -3,7 +3,8 @@
 silero-vad is a voice-activity detector trained on thousands of hours of speech and noise: a learned STFT,
 four convolutions (the encoder) and an LSTM cell run frame by frame (the decoder). At 16 kHz a frame is 512 new
 samples plus the 64 samples before it; the encoder turns each frame into 128 features, so the token rate is
-31.25 Hz at the native rate (FINDINGS: about 17 ms of CPU per second of audio).
+31.25 Hz at the native rate (FINDINGS: about 17 ms of CPU per second of audio). A series of unknown rate
+(sampling_rate None) is taken as 16 kHz as it is: one token per 512 samples.
 
 Weights: the wheel ships two 16 kHz checkpoints of this network. `silero_vad.jit` (TorchScript, what
 `load_silero_vad()` runs, v6) and `silero_vad_16k.safetensors` (for the wheel's tinygrad port). They are not the
@@ -15,9 +16,13 @@ is built below as plain torch modules in the tinygrad port's layout and gets eit
     module reproduces the TorchScript model's speech probabilities to 1e-6 with these weights.
 We never import the `silero_vad` package: its import calls torch.set_num_threads(1) for the whole process.
 
-Input normalisation: none in the network (it expects waveforms in [-1, 1]); `peak_normalize` scales each channel
-to peak 1 first. Short inputs are padded with zeros at the end to a whole frame; the first frame sees 64 zeros
-of context, as in streaming use.
+Input normalisation: none in the network (it expects waveforms in [-1, 1]); `peak_normalize` (default) scales each
+channel to peak 1 first, in float64 (base.peak_scaled), so the features do not depend on the series' units
+(1e-21 strain and 1e6 counts give the features of the same waveform at peak 1; the absolute level is what the
+student's statistics compensation supplies). The network itself has no floor to worry about: an all-zero input
+gives sqrt(0) magnitudes and finite features. With peak_normalize off the features follow the raw amplitude.
+Short inputs are padded with zeros at the end to a whole frame; the first frame sees 64 zeros of context, as in
+streaming use.
 """
 
 import importlib.metadata
@@ -111,6 +116,7 @@ class SileroVADTeacherAdapter(WindowedTeacher):
         super().__init__(name, spec)
         self.device = resolve_device(spec.device)
         self.bf16 = spec.bf16
+        self.input_scaling = "peak" if spec.peak_normalize else "none"
         self.max_context = max(FRAME, int(spec.max_context_seconds * NATIVE_RATE) // FRAME * FRAME)
         distribution = importlib.metadata.distribution("silero-vad")
         self.package_version = distribution.version
@@ -122,12 +128,6 @@ class SileroVADTeacherAdapter(WindowedTeacher):
         self.net = SileroVADNet()
         self.net.load_state_dict(state, strict=True)
         self.net.to(self.device).eval()
-
-    def normalize_series(self, values: np.ndarray) -> np.ndarray:
-        if not self.spec.peak_normalize:
-            return values
-        peak = np.abs(values).max(axis=-1, keepdims=True)  # (batch, channels, 1)
-        return values / np.where(peak > 0, peak, 1.0).astype(np.float32)
 
     def encode_window(self, windows: np.ndarray) -> torch.Tensor:
         audio = torch.from_numpy(windows[:, 0]).to(self.device)  # (items, T)

@@ -15,8 +15,13 @@ Grid: windows of `window_seconds` (default 2 s: 0.5 Hz resolution, enough for de
 of 256 Hz, one token per half window (hop 1 s). Token i's window is centred on its cell [i * hop, (i + 1) * hop);
 the series is mirrored (reflect padding) beyond its ends, so a series shorter than a window still gets a token.
 Series within a factor 4 of 256 Hz (e.g. 100 Hz sleep EEG, 250 Hz motor imagery) are resampled; others
-(gravitational-wave strain at 4 kHz, light curves) are reinterpreted as 256 Hz, so "bands" become relative
-frequency ranges.
+(gravitational-wave strain at 4 kHz, light curves), and series of unknown rate, are taken as 256 Hz, so "bands"
+become relative frequency ranges.
+Scale: each channel is standardised over the whole series first (float64, base.standardized), so band powers and
+Hjorth activity are relative to the channel's own variance (activity 0 for a window as loud as the series
+average), and the features are the same for x, 1e-21 * x and 1e6 * x; before, 1e-21 strain (powers ~1e-42) sat
+at an absolute floor and lost its band powers. The absolute level is what the student's statistics compensation
+supplies; the relative powers, entropy, mobility and complexity never depended on it.
 Power spectra: scipy.signal.periodogram with a Hann window after removing each window's mean.
 """
 
@@ -29,14 +34,15 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pipeline.teachers.base import WindowedTeacher
 from schemas.teachers import SpectralTeacher
 
-# Floor added to powers before log10, so flat-line channels stay finite. Far below EEG in volts (~1e-12 V^2/Hz);
-# series in much smaller units (e.g. strain, ~1e-42 /Hz) sit at the floor and keep only their relative features.
-POWER_FLOOR = 1e-30
+# Floor added to powers before log10, so flat windows and constant channels stay finite. Powers are relative to the
+# channel's variance (standardised input), so this is relative too: 120 dB below the series' average power.
+POWER_FLOOR = 1e-12
 MAX_CONTEXT_TOKENS = 4096  # tokens per window for very long series (about 68 minutes at the defaults)
 
 
 class SpectralTeacherAdapter(WindowedTeacher):
     domain = "brain"
+    input_scaling = "standard"  # powers relative to each channel's variance: no dependence on units
 
     def __init__(self, name: str, spec: SpectralTeacher):
         super().__init__(name, spec)
