@@ -230,6 +230,25 @@ def finetune(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @app.command()
+def ablations(
+    action: Annotated[str, typer.Argument(help="`run`: every variant as a DVC experiment; `table`: print the table.")],
+    name: Annotated[Optional[list[str]], typer.Option(help="Only these variants (repeatable).")] = None,
+) -> None:
+    """The recipe's ablations (pipeline/ablations.py) as DVC experiments, and their Markdown table."""
+    from pipeline import ablations as recipe
+
+    if action == "run":
+        try:
+            recipe.run(name)
+        except (ValueError, subprocess.CalledProcessError) as exc:
+            fail(str(exc))
+    elif action == "table":
+        typer.echo(recipe.table(), nl=False)
+    else:
+        fail(f"unknown action {action!r}: expected run or table")
+
+
+@app.command()
 def embed(
     model: Annotated[Path, typer.Option(help="A trained encoder directory (Hugging Face format).")],
     output: Annotated[Path, typer.Option(help="Zarr store to write (embedding (series, hidden), series_id).")],

@@ -91,11 +91,13 @@ def series_from_file(path: Path, sampling_rate: float | None = None, stacked: bo
     path = Path(path)
     if path.suffix == ".npy":
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-        if stacked and array.ndim == 2:
-            array = array[:, None, :]  # (series, 1, time)
-        elif not stacked and array.ndim in (1, 2):
-            array = array.reshape(1, -1, array.shape[-1])  # one series: (1, channels, time)
-        if array.ndim != 3:
+        if stacked:
+            understood = array.ndim in (2, 3)
+            array = array[:, None, :] if array.ndim == 2 else array  # (series, channels, time)
+        else:
+            understood = array.ndim in (1, 2)
+            array = array.reshape(1, -1, array.shape[-1]) if understood else array  # (1, channels, time)
+        if not understood:
             expected = "(series, time) or (series, channels, time)" if stacked else "(time,) or (channels, time)"
             raise ValueError(f"{path}: expected {expected}{'' if stacked else ' (or pass --stacked)'}, "
                              f"got shape {array.shape}")

@@ -3,8 +3,9 @@
 Models compared under one protocol:
 - `step-distilled`: the distilled student (models/step-student);
 - `step-random`: the same architecture and config with random weights (what distillation must beat);
-- `teacher:<name>`: each teacher's cached token features, pooled over tokens the same way as the student's
-  tokens (`pool_tokens`);
+- `teacher:<name>`: each teacher's cached token features, pooled over tokens with the very same operator as
+  the student's tokens (`pool_embedding`, `evaluate.pooling`), the same series statistics appended when the
+  pooling has `stats`;
 - `baseline-stats`: per-channel mean/std/log-variance/band powers (data_catalog.baseline), a classical floor.
 The paper's other protocol (fine-tuning against training from scratch) is `pipeline.finetune`.
 
@@ -19,6 +20,11 @@ The protocol, the same for every model:
   2003): mean +- t(0.975, K-1) * sd * sqrt(1/K + n_test/n_train). Resplits share series, so the plain
   sd/sqrt(K) would be too narrow. Means over tasks are taken per split, then given the same interval.
 - `mean` averages the generated tasks, `real_mean` the real ones (file sources, e.g. the UCR sets).
+- Comparisons ("beats", "loses") are paired: the distilled student's score minus another model's on the same
+  split, with the same corrected interval over the K differences (`probe_comparisons.json`); far narrower than
+  the two models' own intervals, since both share each split's luck.
+- A data set with a fixed montage (`channel_names` in the catalog) is embedded with its channels kept apart
+  (per-channel vectors concatenated); teachers' stores hold channel-averaged tokens, so their rows cannot.
 """
 
 import csv
@@ -42,6 +48,7 @@ from data_catalog.baseline import baseline_features
 from data_catalog.catalog import load_catalog, open_reader
 from pipeline.feature_store import FeatureStore, store_location
 from pipeline.student import STEPEncoder
+from pipeline.student.modeling_step import pool_embedding, series_statistics
 from schemas.catalog import CatalogEntry, GeneratorSource
 from schemas.params import Params
 
@@ -125,13 +132,9 @@ def interval(scores: list[float], test_train_ratio: float, confidence: float = 0
     return mean - float(half), mean + float(half)
 
 
-def pool_tokens(tokens: np.ndarray) -> np.ndarray:
-    """(tokens, features) valid tokens -> (features,): the mean, as the student pools its own tokens."""
-    return tokens.mean(axis=0)
-
-
-def teacher_embeddings(store: FeatureStore, task: ProbeTask) -> np.ndarray:
-    """Each series' cached teacher tokens pooled by `pool_tokens` (the tokens of all its segments together)."""
+def teacher_embeddings(store: FeatureStore, task: ProbeTask, pooling: str, config) -> np.ndarray:
+    """Each series' cached teacher tokens (of all its segments together) pooled by the student's operator,
+    `pool_embedding`, with the series' statistics (as the student computes them) where the pooling asks."""
     name = task.name
     if name not in store.manifest.groups:
         raise ValueError(f"feature store {store.path} has no probe task {name!r}; run extract for it")
@@ -140,19 +143,32 @@ def teacher_embeddings(store: FeatureStore, task: ProbeTask) -> np.ndarray:
         features, n_tokens, chunk_ids = store.read_chunk(name, chunk)
         for tokens, count, segment_id in zip(features, n_tokens, chunk_ids):
             tokens_of.setdefault(str(segment_id).split("@")[0], []).append(tokens[:count])
-    return np.stack([pool_tokens(np.concatenate(tokens_of[series_id])) for series_id in task.ids])
+    pooling = "mean" if pooling == "pooled" else pooling  # the student's LayerNorm(mean) is a mean, normalised
+    pooled = []
+    for series_id, values in zip(task.ids, task.series):
+        tokens = torch.from_numpy(np.concatenate(tokens_of[series_id]))[None, None]  # (1, 1, N, F)
+        statistics = None
+        if "stats" in pooling:  # per-channel statistics averaged over channels, as for the student
+            statistics = series_statistics(torch.from_numpy(values)[None], torch.tensor([values.shape[1]]), config)
+            statistics = statistics.mean(dim=1, keepdim=True)  # (1, 1, 2)
+        mask = torch.ones(1, tokens.shape[2], dtype=torch.bool)
+        pooled.append(pool_embedding(tokens, mask, pooling, statistics=statistics)[0].numpy())
+    return np.stack(pooled)
 
 
 def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, random_student: STEPEncoder,
                      stores: dict[str, FeatureStore]) -> dict[str, np.ndarray]:
     """{model name: (n, dim) embeddings} of one task's series for every compared model."""
     batch_size = params.evaluate.batch_size
+    pooling = params.evaluate.pooling or distilled.config.embedding_pooling
+    keep_channels = task.entry.channel_names is not None
     embeddings = {
-        "step-distilled": distilled.embed(task.series, task.sampling_rate, batch_size=batch_size),
-        "step-random": random_student.embed(task.series, task.sampling_rate, batch_size=batch_size),
+        model: encoder.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling=pooling,
+                             keep_channels=keep_channels)
+        for model, encoder in (("step-distilled", distilled), ("step-random", random_student))
     }
     for teacher, store in stores.items():
-        embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task)
+        embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task, pooling, distilled.config)
     rate = task.sampling_rate or 1.0  # unknown rate: band edges relative to Nyquist, whatever the unit
     embeddings["baseline-stats"] = np.stack([baseline_features(s, rate) for s in task.series])
     return embeddings
@@ -217,13 +233,31 @@ class ProbeResults:
         """model -> task -> mean score over the splits (plus `mean` and `real_mean`)."""
         return {m: {t: float(np.mean(s)) for t, s in by_task.items()} for m, by_task in self.per_split(self.scores).items()}
 
-    def intervals(self, table=None) -> dict[str, dict[str, tuple[float, float]]]:
-        """model -> task (and group) -> 95% interval of the mean."""
+    def _ratios(self) -> dict[str, float]:
+        """n_test / n_train per task, and its mean over the tasks of each group."""
         ratio = dict(self.ratio)
         for key, tasks in self.groups().items():
             ratio[key] = float(np.mean([self.ratio[t] for t in tasks]))
-        per_split = self.per_split(self.scores if table is None else table)
-        return {m: {t: interval(s, ratio[t]) for t, s in by_task.items()} for m, by_task in per_split.items()}
+        return ratio
+
+    def intervals(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """model -> task (and group) -> 95% interval of the mean."""
+        ratio = self._ratios()
+        return {m: {t: interval(s, ratio[t]) for t, s in by_task.items()}
+                for m, by_task in self.per_split(self.scores).items()}
+
+    def comparisons(self, reference: str = "step-distilled") -> dict[str, dict[str, list[float]]]:
+        """model -> task (and group) -> [mean, low, high] of reference minus model, paired split by split."""
+        ratio, per_split = self._ratios(), self.per_split(self.scores)
+        out = {}
+        for model, by_task in per_split.items():
+            if model == reference:
+                continue
+            out[model] = {}
+            for task, scores in by_task.items():
+                differences = np.subtract(per_split[reference][task], scores)
+                out[model][task] = [float(differences.mean()), *interval(differences, ratio[task])]
+        return out
 
 
 def write_probe_reports(directory: Path, results: ProbeResults, summary: dict) -> None:
@@ -244,7 +278,11 @@ def write_probe_reports(directory: Path, results: ProbeResults, summary: dict) -
 
     (directory / "probe_metrics.json").write_text(json.dumps(rounded(summary), indent=2) + "\n")
     (directory / "probe_splits.json").write_text(json.dumps(rounded(results.per_split(results.scores)), indent=2) + "\n")
-    (directory / "probe_intervals.json").write_text(json.dumps(rounded(intervals), indent=2) + "\n")
+    bounds = {m: {t: {"low": round(low, 4), "high": round(high, 4)} for t, (low, high) in by_task.items()}
+              for m, by_task in intervals.items()}
+    (directory / "probe_intervals.json").write_text(json.dumps(bounds, indent=2) + "\n")
+    comparisons = results.comparisons() if "step-distilled" in summary else {}
+    (directory / "probe_comparisons.json").write_text(json.dumps(rounded(comparisons), indent=2) + "\n")
     real = [n for n, t in results.tasks.items() if t.real]
     accuracy = {m: {t: float(np.mean(s)) for t, s in by_task.items() if t in real + ["real_mean"]}
                 for m, by_task in results.per_split(results.accuracy).items()}
@@ -257,7 +295,7 @@ def write_probe_reports(directory: Path, results: ProbeResults, summary: dict) -
             writer.writerow(["model", "score", "low", "high"])
             writer.writerows((m, round(s[column], 4), *(round(x, 4) for x in intervals[m][column]))
                              for m, s in summary.items())
-    (directory / "probe_table.md").write_text(probe_table(results, summary, intervals, accuracy))
+    (directory / "probe_table.md").write_text(probe_table(results, summary, intervals, accuracy, comparisons))
 
     figure, axis = plt.subplots(figsize=(max(8, 1.3 * len(columns)), 4.5))
     width = 0.8 / len(summary)
@@ -275,8 +313,9 @@ def write_probe_reports(directory: Path, results: ProbeResults, summary: dict) -
     plt.close(figure)
 
 
-def probe_table(results: ProbeResults, summary: dict, intervals: dict, accuracy: dict) -> str:
-    """Markdown: F1 mean +- interval half-width per task; best mean per column in bold; real tasks' accuracy."""
+def probe_table(results: ProbeResults, summary: dict, intervals: dict, accuracy: dict, comparisons: dict) -> str:
+    """Markdown: F1 mean +- interval half-width per task, best mean per column in bold; the paired differences of
+    the distilled student against every other model on the task means; real tasks' accuracy."""
     columns = [*results.tasks, *results.groups()]
 
     def header(column):
@@ -292,6 +331,14 @@ def probe_table(results: ProbeResults, summary: dict, intervals: dict, accuracy:
             cell = f"{s[c]:.3f} ±{(high - low) / 2:.3f}"
             cells.append(f"**{cell}**" if s[c] == best[c] else cell)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    groups = list(results.groups())
+    if comparisons:
+        lines += ["", "step-distilled minus each model, paired over the same splits (mean [95% interval]); a "
+                  "difference whose interval excludes 0 is one the splits resolve:", "",
+                  "| model | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
+        for model, by_task in comparisons.items():
+            cells = [f"{d:+.3f} [{low:+.3f}, {high:+.3f}]" for d, low, high in (by_task[g] for g in groups)]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
     real = [n for n, t in results.tasks.items() if t.real]
     if real:
         lines += ["", "Real data sets, accuracy (the UCR archive's convention), mean over the same splits:", "",

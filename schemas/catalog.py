@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Domain = Literal[
     "astronomy", "earth_science", "bioacoustics", "neuroscience", "radar", "audio", "physiology", "other"
@@ -99,14 +99,29 @@ class CatalogEntry(BaseModel):
     domain: Domain = Field(description="Scientific domain.")
     role: Literal["pretrain", "probe"] = Field(description="pretrain: unlabelled distillation corpus; probe: task.")
     source: Source = Field(description="Where the series come from.")
-    sampling_rate: Annotated[float, Field(gt=0)] | Literal["unknown"] | None = Field(
+    sampling_rate: float | Literal["unknown"] | None = Field(
         description="Sampling rate in Hz; `unknown` when nobody knows it (e.g. UCR archive sets): teachers then "
         "take the samples as they are (never resampled) and token times are in samples; null: every file states "
         "its own rate (wav, flac, EDF, miniSEED).",
     )
     channels: int = Field(ge=1, description="Number of channels of every series.")
     unit: str = Field(description="Physical unit of the values (e.g. strain, counts, V).")
+    channel_names: list[str] | None = Field(
+        None,
+        description="A fixed montage: every series has these channels in this order (e.g. EEG electrodes). "
+        "Embeddings of this data set then keep channels apart (per-channel vectors concatenated in this order) "
+        "in evaluate and embed, since which channel shows what can be the signal (left vs right hemisphere).",
+    )
     probe: ProbeSpec | None = Field(None, description="Labels and scoring; required for role probe.")
+
+    @field_validator("sampling_rate", mode="before")
+    @classmethod
+    def _positive_rate_or_unknown(cls, value):
+        if value is None or value == "unknown":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"must be a positive number of Hz, `unknown` or null (got {value!r})")
+        return float(value)
 
     @property
     def rate_unknown(self) -> bool:
@@ -115,6 +130,9 @@ class CatalogEntry(BaseModel):
 
     @model_validator(mode="after")
     def _probe_iff_role_probe(self):
+        if self.channel_names is not None and len(self.channel_names) != self.channels:
+            raise ValueError(f"data set {self.name!r}: {len(self.channel_names)} channel_names for "
+                             f"{self.channels} channels")
         if isinstance(self.source, FileSource) and self.source.ragged:
             if self.source.stacked:
                 raise ValueError(f"data set {self.name!r}: source.ragged and source.stacked exclude each other")

@@ -73,6 +73,11 @@ class DistillParams(Section):
     smooth_l1_weight: float = Field(1.0, ge=0, description="Weight of smooth-L1 on standardised targets.")
     smooth_l1_beta: float = Field(1.0, gt=0, description="Smooth-L1 transition point.")
     patching_weight: float = Field(0.1, ge=0, description="Weight of the adaptive-patching penalties.")
+    summary_weight: float = Field(
+        0.0, ge=0,
+        description="Weight of the summary loss: the student's mean+std pooled tokens, through a summary head per "
+        "teacher, against that teacher's mean+std pooled standardised targets (0: off).",
+    )
     max_target_tokens: int = Field(
         256, ge=1,
         description="A teacher grid with more tokens than this (long segments) is average-pooled by the smallest "
@@ -110,6 +115,12 @@ class EvaluateParams(Section):
         [10.0**e for e in range(-2, 5)], min_length=1,
         description="Ridge penalties the probe chooses from, by leave-one-out on each train split (every model "
         "gets the same grid).",
+    )
+    pooling: str | None = Field(
+        None,
+        description="How token features become one vector, for the student and the teachers alike: '+'-joined "
+        "parts of mean, std, max, stats (see STEPEncoder.embed), or `pooled` (the student's LayerNorm(mean); "
+        "teachers then get the mean). None: the distilled model's config.embedding_pooling.",
     )
     batch_size: int = Field(32, ge=1, description="Embedding batch size.")
     seed: int = Field(0, description="Seed of the random-weight student and of the resplits.")

@@ -29,7 +29,7 @@ def test_default_params_and_catalog_validate():
     assert set(params.extract.teachers) == {"silero_vad", "fracast", "spectral"}
     catalog = load_catalog(ROOT / "data_catalog" / "catalog.yaml")
     probes = [e for e in catalog.datasets if e.role == "probe"]
-    assert len(probes) == 7
+    assert len(probes) == 10  # the seven generated analogues and three real UCR sets
     assert any(e.name.startswith("pretrain_long") for e in catalog.datasets)
 
 
@@ -58,7 +58,7 @@ def test_catalog_errors_name_the_field(tmp_path):
     catalog["datasets"][0]["sampling_rate"] = -5
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(catalog))
-    with pytest.raises(ConfigError, match=r"datasets\.0\.sampling_rate: Input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"datasets\.0\.sampling_rate: Value error, must be a positive number of Hz"):
         load_catalog(path)
 
     catalog["datasets"][0]["sampling_rate"] = 4000.0  # valid number, but not what the generator produces
@@ -266,3 +266,46 @@ def test_default_params_file_spells_out_the_schema_defaults():
     params = load_params(ROOT / "params.yaml")
     teachers = yaml.safe_load((ROOT / "params.yaml").read_text())["extract"]["teachers"]
     assert params == Params.model_validate({"extract": {"teachers": teachers}})
+
+
+def test_ragged_files_with_official_splits_labels_and_unknown_rate(tmp_path):
+    from tests.project import real_probe_entry, write_real_set
+
+    write_real_set(tmp_path / "real.npz")
+    entry = CatalogEntry.model_validate(real_probe_entry())
+    reader = FileReader(entry, tmp_path)
+    archive = np.load(tmp_path / "real.npz")
+    assert len(reader) == 32 and reader.ids[0] == "real:train:0" and reader.ids[16] == "real:test:0"
+    assert list(reader.lengths[:16]) == list(archive["train_lengths"])
+    offsets = np.concatenate([[0], np.cumsum(archive["test_lengths"])])
+    series = reader[18]  # the third test series
+    np.testing.assert_array_equal(series.values[0], archive["test_values"][0, offsets[2]:offsets[3]])
+    assert series.sampling_rate is None  # declared unknown: never a made-up number
+    assert series.metadata["split"] == "test" and series.metadata["label"] == archive["test_y"][2]
+    assert [m["split"] for m in reader.metadata].count("train") == 16
+
+    broken = dict(real_probe_entry())
+    np.savez(tmp_path / "bad.npz", **{**archive, "train_lengths": archive["train_lengths"] + 1})
+    broken["source"] = {**broken["source"], "paths": ["bad.npz"]}
+    with pytest.raises(DataError, match=r"bad\.npz: ragged part 'train_values': lengths sum to"):
+        FileReader(CatalogEntry.model_validate(broken), tmp_path)
+
+
+def test_unknown_rate_and_montage_are_catalog_values(tmp_path):
+    entry = file_entry(paths=["x.npy"]).model_dump()
+    assert CatalogEntry.model_validate(entry | {"sampling_rate": "unknown"}).rate_unknown
+    with pytest.raises(ValueError, match="sampling_rate"):
+        CatalogEntry.model_validate(entry | {"sampling_rate": "fast"})
+    assert CatalogEntry.model_validate(entry | {"channel_names": ["C3", "C4"]}).channel_names == ["C3", "C4"]
+    with pytest.raises(ValueError, match="1 channel_names for 2 channels"):
+        CatalogEntry.model_validate(entry | {"channel_names": ["C3"]})
+    catalog = load_catalog(ROOT / "data_catalog/catalog.yaml")
+    assert catalog.get("wbcic_like").channel_names[7] == "C3"
+    assert {e.name for e in catalog.datasets if e.rate_unknown} == {"ucr_arrowhead", "ucr_osuleaf", "ucr_pickupgesture"}
+    # a file that states a rate contradicts a declared unknown rate
+    import soundfile
+
+    soundfile.write(tmp_path / "x.wav", np.zeros((100, 2), np.float32), 8000)
+    with pytest.raises(DataError, match="states a sampling rate of 8000.0 Hz but the catalog declares it unknown"):
+        FileReader(CatalogEntry.model_validate(file_entry(paths=["x.wav"]).model_dump() | {"sampling_rate": "unknown"}),
+                   tmp_path)[0]

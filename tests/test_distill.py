@@ -136,3 +136,53 @@ def test_data_set_missing_from_a_store_is_refused(extracted_project, tmp_path):
     params.extract.store_dir = str(tmp_path / "features")
     with pytest.raises((StoreCoverageError, ValueError, KeyError), match="pre_radar"):
         distill(params)
+
+
+def test_first_validation_loss_is_taken_before_training(extracted_project, tmp_path):
+    root, params_path = extracted_project
+    distill(params_in(root, params_path, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
+                      reports_dir=str(tmp_path / "r")))
+    rows = (tmp_path / "r/distill/val_loss.csv").read_text().splitlines()
+    assert rows[1].startswith("0,")  # step 0: the untrained student
+
+
+def test_summary_loss_trains_its_own_heads(extracted_project, tmp_path):
+    root, params_path = extracted_project
+    metrics = distill(params_in(root, params_path, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
+                                reports_dir=str(tmp_path / "r"), summary_weight=1.0))
+    assert np.isfinite(metrics["val_loss"]["total"])
+    weights = load_file(tmp_path / "c/latest/weights.safetensors")
+    assert any(k.startswith("heads.summary_heads.spectral") for k in weights)
+
+
+def test_alignment_interpolates_on_token_centre_times_not_indices():
+    from pipeline.distill.objective import tokens_at
+
+    # student: S = 10 samples, 10 tokens centred at 5, 15, ..., 95 (T = 100), token n holds the value n
+    tokens = torch.arange(10, dtype=torch.float32)[None, :, None]  # (1, 10, 1)
+    # a teacher grid of 4 tokens of 30 samples covers 120 > T: centres 15, 45, 75, 105 (the last past the end)
+    centres = torch.tensor([[15.0, 45.0, 75.0, 105.0]])
+    out = tokens_at(tokens, torch.tensor([10]), torch.tensor([10.0]), centres)
+    np.testing.assert_allclose(out[0, :, 0], [1.0, 4.0, 7.0, 9.0])  # index-based resampling would give 1.1, 3.9...
+    # a pooled grid whose last group is partial: centre of the members' centres
+    out = tokens_at(tokens, torch.tensor([10]), torch.tensor([10.0]), torch.tensor([[30.0, 82.5]]))
+    np.testing.assert_allclose(out[0, :, 0], [2.5, 7.75])
+
+
+def test_batches_carry_target_token_centres_in_samples(extracted_project):
+    from data_catalog.catalog import load_catalog
+    from pipeline.distill.loader import DistillationData, open_training_data
+    from pipeline.feature_store import FeatureStore, store_location
+
+    root, params_path = extracted_project
+    params = load_params(params_path)
+    catalog = load_catalog(params.prepare.catalog)
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
+    datasets = open_training_data([catalog.get("pre_sleep")], catalog, params.prepare.series_store, stores,
+                                  params.segments.max_samples)
+    data = DistillationData(datasets, stores, 4, 2, 0, 0.0, 0)
+    batch = next(iter(data.batches(data.epoch_plan(0))))
+    for teacher, centres in batch.token_centres.items():
+        samples_per_token = 100.0 / datasets[0].token_rate[teacher]  # pre_sleep is 100 Hz
+        n = int(batch.n_tokens[teacher][0])
+        np.testing.assert_allclose(centres[0, :n], (np.arange(n) + 0.5) * samples_per_token, rtol=1e-9)

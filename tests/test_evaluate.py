@@ -110,8 +110,13 @@ def test_evaluate_scores_every_model_on_the_same_splits_with_real_rows(evaluated
     metrics = json.loads((root / "reports/probe_metrics.json").read_text())
     assert set(metrics["step-distilled"]) == {"probe_sleep", "probe_radar", "probe_real", "mean", "real_mean"}
     intervals = json.loads((root / "reports/probe_intervals.json").read_text())
-    low, high = intervals["step-distilled"]["mean"]
+    low, high = intervals["step-distilled"]["mean"]["low"], intervals["step-distilled"]["mean"]["high"]
     assert low <= metrics["step-distilled"]["mean"] <= high
+    comparisons = json.loads((root / "reports/probe_comparisons.json").read_text())
+    differences = np.subtract(splits["step-distilled"]["real_mean"], splits["step-random"]["real_mean"])
+    difference, low, high = comparisons["step-random"]["real_mean"]
+    assert difference == pytest.approx(differences.mean(), abs=1e-4) and low <= difference <= high
+    assert "step-distilled" not in comparisons
     accuracy = json.loads((root / "reports/probe_accuracy.json").read_text())
     assert set(accuracy["step-distilled"]) == {"probe_real", "real_mean"}
     table = (root / "reports/probe_table.md").read_text()
@@ -129,13 +134,21 @@ def test_teacher_rows_pool_every_token_of_every_segment_of_a_series(extracted_pr
     params = load_params(params_path)
     catalog = load_catalog(params.prepare.catalog)
     probe = evaluation.load_task(catalog.get("probe_real"), catalog, params.prepare.series_store)
+    from pipeline.student import STEPConfig
+    from pipeline.student.modeling_step import signed_log
+
+    config = STEPConfig()
     store = FeatureStore.open(root / "data/features/fracast.zarr")
-    pooled = teacher_embeddings(store, probe)
+    pooled = teacher_embeddings(store, probe, "mean+std+stats", config)
     ds = xr.open_zarr(root / "data/features/fracast.zarr", group="probe_real", consolidated=True)
     row = list(ds.segment_id.values).index(probe.ids[3])
-    expected = ds.features.values[row, : int(ds.n_tokens.values[row])].astype(np.float32).mean(axis=0)
-    assert pooled.shape == (len(probe.ids), store.manifest.feature_dim)
-    np.testing.assert_allclose(pooled[3], expected, rtol=1e-5)
+    tokens = ds.features.values[row, : int(ds.n_tokens.values[row])].astype(np.float32)
+    values = probe.series[3].astype(np.float64)
+    statistics = signed_log(torch.tensor([values.mean(), values.std()]), config.stats_log_eps, config.stats_log_max)
+    expected = np.concatenate([tokens.mean(axis=0), tokens.std(axis=0), statistics.numpy()])
+    assert pooled.shape == (len(probe.ids), 2 * store.manifest.feature_dim + 2)
+    np.testing.assert_allclose(pooled[3], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(teacher_embeddings(store, probe, "pooled", config)[3], tokens.mean(axis=0), rtol=1e-5)
     assert probe.sampling_rate is None and probe.real  # the unknown rate reached the probe as None
 
 

@@ -24,7 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
 
 from pipeline.teachers import load_teacher
-from pipeline.teachers.scale_free import standardize_channels
+from pipeline.teachers.base import standardized
 from schemas.teachers import BraindecodeTeacher, HFRemoteCodeTeacher, TeacherSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_remote_code_features_are_the_models_pooled_hidden_states(remote_code_di
     teacher = remote_teacher(remote_code_dir, layer=1)
     x = random_series(1, 1, 40)
     with torch.inference_mode():
-        steps = teacher.model(input_ids=torch.from_numpy(standardize_channels(x)[:, 0]), output_hidden_states=True)
+        steps = teacher.model(input_ids=torch.from_numpy(standardized(x)[:, 0]), output_hidden_states=True)
     expected = torch.cat([steps.hidden_states[1][:, :32].reshape(1, 4, 8, -1).mean(2),
                           steps.hidden_states[1][:, 32:].mean(1, keepdim=True)], dim=1)  # 5 tokens, the last of 8 steps
     np.testing.assert_allclose(teacher.encode(x, 1.0), expected.numpy(), atol=1e-5)
@@ -246,7 +246,7 @@ def test_mantis_matches_mantis_tsfm():
         np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5)
     x = reference["x"]  # already zero-mean-ish; the adapter standardises first, then takes the patch tokens
     with torch.inference_mode():
-        expected = teacher.model(torch.from_numpy(standardize_channels(x)))[-1][:, 1:]
+        expected = teacher.model(torch.from_numpy(standardized(x)))[-1][:, 1:]
     np.testing.assert_allclose(teacher.encode(x, 1.0), expected.numpy(), atol=1e-5)
 
 
@@ -373,7 +373,7 @@ def test_braindecode_cbramod_through_from_pretrained(braindecode_dirs):
         assert_token_contract(teacher, length, 200.0, channels=channels, batch=1)
     x = random_series(1, 3, 400)
     with torch.inference_mode():
-        direct = teacher.model(torch.from_numpy(standardize_channels(x) * 0.2), return_features=True)["features"]
+        direct = teacher.model(torch.from_numpy(standardized(x) * 0.2), return_features=True)["features"]
     np.testing.assert_allclose(teacher.encode(x, 200.0), direct.mean(dim=1).numpy(), atol=1e-5)
     assert teacher.describe()["packages"]["braindecode"]
 

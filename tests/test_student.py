@@ -295,13 +295,54 @@ def test_embed_matches_forward_in_input_order(model):
     rng = np.random.default_rng(0)
     series = [rng.standard_normal(n).astype(np.float32) for n in (300, 5, 2000, 40, 301)]
     series.insert(2, rng.standard_normal((3, 90)))  # a multichannel series in the middle, float64
-    embeddings = model.embed(series, batch_size=2)
+    embeddings = model.embed(series, batch_size=2, pooling="pooled")
     assert embeddings.shape == (6, 32) and embeddings.dtype == np.float32
+    pooled = model.embed(series, batch_size=2, pooling="mean+std+max+stats")
+    assert pooled.shape == (6, 3 * 32 + 2)
     for i, x in enumerate(series):
         x = torch.as_tensor(x, dtype=torch.float32).reshape(-1, np.shape(x)[-1])[None]
         with torch.no_grad():
-            np.testing.assert_allclose(embeddings[i], model(x).pooled[0].numpy(), atol=1e-5)
+            out = model(x)
+        np.testing.assert_allclose(embeddings[i], out.pooled[0].numpy(), atol=1e-5)
+        tokens, statistics = out.last_hidden_state[0], out.statistics[0]  # (C, N, D), (C, 2)
+        expected = torch.cat([tokens.mean(1), tokens.std(1, unbiased=False), tokens.amax(1), statistics], -1)
+        np.testing.assert_allclose(pooled[i], expected.mean(0).numpy(), atol=1e-4)  # channels averaged
+    assert np.array_equal(model.embed(series, batch_size=2), model.embed(series, pooling=model.config.embedding_pooling))
     assert model.embed([]).shape == (0, 32)
+
+
+def test_pool_embedding_ignores_padding_and_keeps_channels_apart_when_asked():
+    from pipeline.student.modeling_step import pool_embedding
+
+    tokens = torch.randn(2, 3, 5, 4)  # (B, C, N, D)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    padded = tokens.clone()
+    padded[1, :, 2:] = 1e6  # padding must not reach any part
+    for pooling in ("mean", "mean+std", "mean+max", "std+max"):
+        np.testing.assert_allclose(pool_embedding(padded, mask, pooling), pool_embedding(tokens, mask, pooling))
+    short = pool_embedding(tokens[1:, :, :2], mask[1:, :2], "mean+max")
+    np.testing.assert_allclose(pool_embedding(tokens, mask, "mean+max")[1:], short, rtol=1e-6)
+    kept = pool_embedding(tokens, mask, "mean", keep_channels=True)  # (B, C D) in channel order
+    assert kept.shape == (2, 12)
+    np.testing.assert_allclose(kept[0, 4:8], tokens[0, 1].mean(0), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"pooling 'mean\+median'"):
+        pool_embedding(tokens, mask, "mean+median")
+    with pytest.raises(ValueError, match="needs the series statistics"):
+        pool_embedding(tokens, mask, "mean+stats")
+
+
+def test_embed_keep_channels_orders_channels_and_needs_one_channel_count(model):
+    rng = np.random.default_rng(1)
+    series = [rng.standard_normal((3, 200)).astype(np.float32) for _ in range(2)]
+    kept = model.embed(series, pooling="mean", keep_channels=True)
+    assert kept.shape == (2, 3 * 32)
+    swapped = model.embed([s[[1, 0, 2]] for s in series], pooling="mean", keep_channels=True)
+    assert not np.allclose(kept, swapped, atol=1e-4)  # which channel is which now matters
+    np.testing.assert_allclose(kept.reshape(2, 3, 32).mean(1), model.embed(series, pooling="mean"), atol=1e-5)
+    with pytest.raises(ValueError, match="same channel count"):
+        model.embed([series[0], series[1][:2]], keep_channels=True)
+    with pytest.raises(StrictDataclassClassValidationError, match="embedding_pooling"):
+        STEPConfig(embedding_pooling="mean+median")
 
 
 def test_embed_restores_training_mode():

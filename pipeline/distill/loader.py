@@ -49,7 +49,8 @@ class Batch:
     """Student input and per-teacher targets for segments of one data set.
 
     values (batch, channels, time) zero-padded, lengths (batch,); per teacher: targets (batch, tokens, feature)
-    standardised, zero-padded, and n_tokens (batch,).
+    standardised, zero-padded, n_tokens (batch,), and token_centres (batch, tokens): the centre of every target
+    token in samples of `values` (a pooled group's centre is the mean of its members'), 0 at padding.
     """
 
     dataset: str
@@ -59,11 +60,12 @@ class Batch:
     sampling_rate: float | None
     targets: dict[str, torch.Tensor]
     n_tokens: dict[str, torch.Tensor]
+    token_centres: dict[str, torch.Tensor]
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda tensors: {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
         return Batch(self.dataset, self.segment_ids, self.values.to(device), self.lengths.to(device),
-                     self.sampling_rate, move(self.targets), move(self.n_tokens))
+                     self.sampling_rate, move(self.targets), move(self.n_tokens), move(self.token_centres))
 
 
 def pad_series(series: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,17 +291,24 @@ class DistillationData:
             k = int(row) - block["first_row"]
             values = block["values"][k]
             targets = {t: block["targets"][t][k, : int(block["n_tokens"][t][k])] for t in self.teachers}
-            items.append((data.segments[row].id, values, targets))
+            items.append((data.segments[row].id, values, targets, dict.fromkeys(self.teachers, 0.0)))
         if crop_seed is not None and self.crop_min_fraction is not None:
             rng = np.random.default_rng([crop_seed, index])
             items = [self._crop(item, data, rng) for item in items]
         values, lengths = pad_series([item[1] for item in items])
-        targets, n_tokens = {}, {}
+        targets, n_tokens, centres = {}, {}, {}
+        samples_per_unit = data.sampling_rate or 1.0  # unknown rate: token times are in samples
         for teacher in self.teachers:
             tokens = [pool_tokens(item[2][teacher], self.max_target_tokens) for item in items]
             targets[teacher] = pad_sequence(tokens, batch_first=True)  # (batch, max tokens, feature)
             n_tokens[teacher] = torch.tensor([t.shape[0] for t in tokens])
-        return Batch(dataset, [item[0] for item in items], values, lengths, data.sampling_rate, targets, n_tokens)
+            token_samples = samples_per_unit / data.token_rate[teacher]  # samples per (unpooled) teacher token
+            centres[teacher] = pad_sequence([
+                pool_tokens(item[3][teacher] + (torch.arange(item[2][teacher].shape[0], dtype=torch.float64)[:, None]
+                                                 + 0.5) * token_samples, self.max_target_tokens)[:, 0]
+                for item in items], batch_first=True)  # (batch, max tokens) in samples of the segment
+        return Batch(dataset, [item[0] for item in items], values, lengths, data.sampling_rate, targets, n_tokens,
+                     centres)
 
     def _crop(self, item, data: DataSet, rng: np.random.Generator):
         """A random crop cut at token boundaries of the coarsest teacher, with every teacher's matching tokens.
@@ -307,7 +316,7 @@ class DistillationData:
         Finer teachers keep the tokens lying wholly inside the crop, so all grids stay aligned to within one
         of their own tokens.
         """
-        segment_id, values, targets = item
+        segment_id, values, targets, _ = item
         coarsest = min(self.teachers, key=lambda t: data.token_rate[t])
         n = targets[coarsest].shape[0]
         keep = max(1, int(np.ceil(n * rng.uniform(self.crop_min_fraction, 1.0))))
@@ -320,15 +329,16 @@ class DistillationData:
         b = min(values.shape[1], int(round(seconds[1] * samples_per_unit)))
         if b - a < 1:
             return item
-        cropped = {}
+        cropped, offsets = {}, {}
         for teacher, tokens in targets.items():
             rate = data.token_rate[teacher]
             i0 = int(np.ceil(seconds[0] * rate - 1e-9))
             i1 = max(i0 + 1, int(np.floor(seconds[1] * rate + 1e-9)))
             cropped[teacher] = tokens[i0 : min(i1, tokens.shape[0])]
+            offsets[teacher] = i0 / rate * samples_per_unit - a  # first kept token's start, in crop samples
             if cropped[teacher].shape[0] == 0:
                 return item
-        return segment_id, values[:, a:b], cropped
+        return segment_id, values[:, a:b], cropped, offsets
 
 
 def _first_batches(plan, n: int):

@@ -4,6 +4,10 @@ Unknown in the paper, chosen from multi-teacher distillation practice (RADIO, Th
 targets are standardised per feature with the store's statistics; the loss per teacher is
 cosine_weight * (1 - cos) + smooth_l1_weight * smooth-L1, averaged over valid tokens; teachers are summed with
 per-teacher weights; the adaptive-patching penalties are added with `patching_weight`.
+
+Summary loss (RADIO/UNIC-style, `summary_weight`): users read a pooled vector, so the student's pooled tokens
+(mean and std over valid tokens, `pool_embedding`) are also mapped by a summary head per teacher to that teacher's
+pooled standardised targets (mean and std over its valid tokens), with the same cosine + smooth-L1 form.
 """
 
 from collections import defaultdict
@@ -11,6 +15,8 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.student.modeling_step import pool_embedding
 
 
 class TeacherHeads(nn.Module):
@@ -21,19 +27,25 @@ class TeacherHeads(nn.Module):
     which lets the head, not the student, do part of the work.
     """
 
-    def __init__(self, hidden_size: int, feature_dims: dict[str, int], kind: str = "linear"):
+    def __init__(self, hidden_size: int, feature_dims: dict[str, int], kind: str = "linear", summary: bool = False):
         super().__init__()
 
-        def head(dim: int) -> nn.Module:
+        def head(width: int, dim: int) -> nn.Module:
             if kind == "linear":
-                return nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, dim))
-            return nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size), nn.GELU(),
-                                 nn.Linear(hidden_size, dim))
+                return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
+            return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, dim))
 
-        self.heads = nn.ModuleDict({name: head(dim) for name, dim in feature_dims.items()})
+        self.heads = nn.ModuleDict({name: head(hidden_size, dim) for name, dim in feature_dims.items()})
+        # summary heads: the student's (mean, std) pooled tokens -> the teacher's (mean, std) pooled targets
+        self.summary_heads = nn.ModuleDict(
+            {name: head(2 * hidden_size, 2 * dim) for name, dim in feature_dims.items()} if summary else {}
+        )
 
     def forward(self, teacher: str, tokens: torch.Tensor) -> torch.Tensor:
         return self.heads[teacher](tokens)  # (batch, tokens, hidden) -> (batch, tokens, feature)
+
+    def summary(self, teacher: str, pooled: torch.Tensor) -> torch.Tensor:
+        return self.summary_heads[teacher](pooled)  # (batch, 2 hidden) -> (batch, 2 feature)
 
 
 def token_mask(n_tokens: torch.Tensor, length: int) -> torch.Tensor:
@@ -41,13 +53,23 @@ def token_mask(n_tokens: torch.Tensor, length: int) -> torch.Tensor:
     return torch.arange(length, device=n_tokens.device)[None, :] < n_tokens[:, None]
 
 
-def resample_tokens(tokens: torch.Tensor, n_from: torch.Tensor, n_to: torch.Tensor) -> torch.Tensor:
-    """Linearly resample each series' valid tokens onto another grid: (batch, N, H) -> (batch, max n_to, H)."""
-    out = tokens.new_zeros(tokens.shape[0], int(n_to.max()), tokens.shape[2])
-    for i in range(tokens.shape[0]):
-        valid = tokens[i, : int(n_from[i])].T[None]  # (1, H, n_from)
-        out[i, : int(n_to[i])] = F.interpolate(valid, size=int(n_to[i]), mode="linear", align_corners=False)[0].T
-    return out
+def tokens_at(tokens: torch.Tensor, num_tokens: torch.Tensor, strides: torch.Tensor,
+              centres: torch.Tensor) -> torch.Tensor:
+    """The student's tokens linearly interpolated at other times: (batch, N, H) -> (batch, M, H).
+
+    Student token n is centred at (n + 1/2) S samples (adaptive patching's window centres); `centres` (batch, M)
+    are the target tokens' centres in samples. Aligning on time, not on token index, keeps a teacher grid that
+    covers more or less than the series (a last partial token, a partial pooled group) from being stretched onto
+    the student's. Times beyond the first or last student token take that token.
+    """
+    position = centres.double() / strides.double()[:, None] - 0.5  # (batch, M) fractional student index
+    last = (num_tokens - 1).double()[:, None]
+    position = torch.minimum(position.clamp(min=0.0), last)
+    low = position.floor().long()  # (batch, M)
+    high = torch.minimum(low + 1, last.long())
+    weight = (position - low).to(tokens.dtype)[..., None]  # (batch, M, 1)
+    gather = lambda index: tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[2]))  # noqa: E731
+    return gather(low) * (1 - weight) + gather(high) * weight
 
 
 def token_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cosine_weight: float,
@@ -64,16 +86,16 @@ class DistillationObjective(nn.Module):
     """Runs the student on a batch, aligns its tokens with each teacher's grid, and returns the losses."""
 
     def __init__(self, heads: TeacherHeads, weights: dict[str, float], alignment: str, cosine_weight: float,
-                 smooth_l1_weight: float, smooth_l1_beta: float, patching_weight: float):
+                 smooth_l1_weight: float, smooth_l1_beta: float, patching_weight: float, summary_weight: float = 0.0):
         super().__init__()
         self.heads, self.weights, self.alignment = heads, weights, alignment
         self.cosine_weight, self.smooth_l1_weight, self.beta = cosine_weight, smooth_l1_weight, smooth_l1_beta
-        self.patching_weight = patching_weight
+        self.patching_weight, self.summary_weight = patching_weight, summary_weight
 
     def forward(self, student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its parts: one per teacher (unweighted) and `patching`."""
+        """Total loss and its parts: one per teacher (unweighted), `patching`, and `summary` when it is on."""
         # Student tokens on each teacher's grid, pooled over channels: {teacher: (batch, N_k, hidden)}
-        on_grid, patching = {}, []
+        on_grid, patching, outputs = {}, [], []
         if self.alignment == "force_stride":
             grids = defaultdict(list)  # teachers sharing a token grid share one student forward
             for teacher, counts in batch.n_tokens.items():
@@ -83,13 +105,15 @@ class DistillationObjective(nn.Module):
                               num_tokens=batch.n_tokens[teachers[0]])
                 tokens = out.last_hidden_state.mean(dim=1)  # (batch, channels, N_k, H) -> (batch, N_k, H)
                 patching.append(out.patching_loss)
+                outputs.append(out)
                 on_grid.update({teacher: tokens for teacher in teachers})
         else:
             out = student(batch.values, batch.lengths, sampling_rate=batch.sampling_rate)
             tokens = out.last_hidden_state.mean(dim=1)  # (batch, N, H), N from adaptive patching
             patching.append(out.patching_loss)
-            for teacher, counts in batch.n_tokens.items():
-                on_grid[teacher] = resample_tokens(tokens, out.num_tokens, counts)
+            outputs.append(out)
+            for teacher, centres in batch.token_centres.items():
+                on_grid[teacher] = tokens_at(tokens, out.num_tokens, out.strides, centres)
 
         parts = {}
         for teacher, tokens in on_grid.items():
@@ -100,4 +124,21 @@ class DistillationObjective(nn.Module):
                                         self.beta)
         parts["patching"] = torch.stack(patching).mean()
         total = sum(self.weights[t] * parts[t] for t in on_grid) + self.patching_weight * parts["patching"]
+        if self.summary_weight > 0:
+            parts["summary"] = self.summary_loss(outputs[0], batch)
+            total = total + self.summary_weight * parts["summary"]
         return total, parts
+
+    def summary_loss(self, out, batch) -> torch.Tensor:
+        """Teacher-weighted mean over teachers of the loss between summary-head outputs and pooled targets."""
+        pooled = pool_embedding(out.last_hidden_state, out.token_mask, "mean+std")  # (batch, 2 H)
+        losses, weights = [], []
+        for teacher, target in batch.targets.items():
+            mask = token_mask(batch.n_tokens[teacher], target.shape[1])  # (batch, N_k)
+            pooled_target = pool_embedding(target[:, None].float(), mask, "mean+std")  # (batch, 2 F)
+            prediction = self.heads.summary(teacher, pooled)
+            ones = torch.ones(prediction.shape[0], 1, dtype=torch.bool, device=prediction.device)
+            losses.append(token_loss(prediction[:, None], pooled_target[:, None], ones, self.cosine_weight,
+                                     self.smooth_l1_weight, self.beta))
+            weights.append(self.weights[teacher])
+        return sum(w * loss for w, loss in zip(weights, losses)) / max(sum(weights), 1e-12)

@@ -122,7 +122,7 @@ def load_checkpoint(directory: Path, model, heads, optimizer) -> tuple[int, dict
 def validation_loss(objective, model, data: DistillationData, device, autocast) -> dict[str, float]:
     """Mean losses over the held-out segments (each rank evaluates its share, the sums are combined)."""
     model.eval()
-    names = ["total", *data.teachers, "patching"]
+    names = ["total", *data.teachers, "patching"] + (["summary"] if objective.summary_weight > 0 else [])
     sums, count = dict.fromkeys(names, 0.0), 0
     for batch in data.batches(data.validation_plan()):
         with autocast:
@@ -174,10 +174,11 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
     student_config = STEPConfig.from_preset(params.student.preset, **params.student.overrides)
     model = STEPEncoder(student_config).to(device)
     dims = {t: s.manifest.feature_dim for t, s in stores.items()}
-    heads = TeacherHeads(student_config.hidden_size, dims, config.head).to(device)
+    heads = TeacherHeads(student_config.hidden_size, dims, config.head, summary=config.summary_weight > 0).to(device)
     weights = {t: config.teacher_weights.get(t, 1.0) for t in teachers}
     objective = DistillationObjective(heads, weights, config.alignment, config.cosine_weight,
-                                      config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight)
+                                      config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight,
+                                      config.summary_weight)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     loss_of_batch = StudentWithObjective(model, objective)  # (batch) -> (loss, parts)

@@ -57,6 +57,11 @@ class STEPConfig(PreTrainedConfig):
             so that features stay O(1) from 1e-21 (strain) to 1e9 (counts).
         constant_channel_rtol, constant_channel_atol: a channel with std <= atol + rtol * |mean| is constant
             (only float rounding varies): its normalised signal is 0 and its std feature is 0, never NaN.
+
+    Embedding (what `embed()` returns by default):
+        embedding_pooling: '+'-joined parts pooled over each channel's final tokens: mean, std, max, and stats
+            (the channel's signed-log mean and std); `pooled` = the forward pass's LayerNorm(mean). Measured on
+            the probe table (README); the mean alone loses what varies within a series.
     """
 
     model_type = "step"
@@ -98,6 +103,9 @@ class STEPConfig(PreTrainedConfig):
     constant_channel_rtol: float = 1e-6
     constant_channel_atol: float = 1e-30
 
+    # Embedding
+    embedding_pooling: str = "pooled"
+
     def validate_step_architecture(self):
         """Reject settings the model cannot build or run with, naming the field."""
         if self.hidden_size % self.num_attention_heads != 0:
@@ -110,6 +118,11 @@ class STEPConfig(PreTrainedConfig):
         for name in ("fixed_stride", "window_width_factor", "window_std_fraction", "stats_log_eps", "stats_log_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        parts = self.embedding_pooling.split("+")
+        if self.embedding_pooling != "pooled" and (not set(parts) <= {"mean", "std", "max", "stats"}
+                                                   or len(set(parts)) != len(parts) or parts == ["stats"]):
+            raise ValueError(f"embedding_pooling {self.embedding_pooling!r}: expected 'pooled' or '+'-joined parts "
+                             "of mean, std, max, stats")
         if self.max_num_tokens < 1 or self.initial_num_tokens < 1:
             raise ValueError("max_num_tokens and initial_num_tokens must be >= 1")
 

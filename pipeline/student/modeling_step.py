@@ -39,6 +39,7 @@ class STEPEncoderOutput(ModelOutput):
     """What one forward pass returns.
 
     last_hidden_state: (batch, channels, tokens, hidden) per-token features, zero at padded tokens.
+    statistics: (batch, channels, 2) signed-log mean and std per channel (None without statistics compensation).
     token_mask: (batch, tokens) True where the token belongs to the series.
     pooled: (batch, hidden) the series embedding.
     patching_loss: () weighted Huber penalties of the adaptive stride (0 when N is forced or patching is fixed).
@@ -47,6 +48,7 @@ class STEPEncoderOutput(ModelOutput):
     """
 
     last_hidden_state: torch.Tensor | None = None
+    statistics: torch.Tensor | None = None
     token_mask: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     patching_loss: torch.Tensor | None = None
@@ -293,6 +295,59 @@ class STEPBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Pooling token features into one embedding per series (the student's and, in evaluation, the teachers')
+# ----------------------------------------------------------------------------------------------------------------
+
+POOLING_PARTS = ("mean", "std", "max", "stats")
+
+
+def check_pooling(pooling: str) -> list[str]:
+    """'mean+std' -> ['mean', 'std']; refuses unknown or repeated parts, naming them."""
+    parts = pooling.split("+")
+    unknown = [p for p in parts if p not in POOLING_PARTS]
+    if unknown or len(set(parts)) != len(parts) or parts == ["stats"]:
+        raise ValueError(f"pooling {pooling!r}: expected '+'-joined parts of {POOLING_PARTS} (not stats alone), "
+                         f"each once")
+    return parts
+
+
+def pool_embedding(tokens: torch.Tensor, token_mask: torch.Tensor, pooling: str, keep_channels: bool = False,
+                   statistics: torch.Tensor | None = None) -> torch.Tensor:
+    """One vector per series from token features, the same operator for the student and for teachers.
+
+    tokens (B, C, N, F), token_mask (B, N); pooling: '+'-joined parts, per channel over its valid tokens:
+    `mean`, `std` (population), `max`, and `stats` (the channel's signed-log mean and std from statistics
+    compensation, `statistics` (B, C, 2)). Channels are then averaged, or, with `keep_channels` (a fixed montage:
+    which channel is which matters), concatenated in order. Returns (B, K) or (B, C K), K the parts' widths.
+    """
+    parts = check_pooling(pooling)
+    mask = token_mask[:, None, :, None].to(tokens.dtype)  # (B, 1, N, 1)
+    count = mask.sum(dim=2).clamp_min(1)  # (B, 1, 1)
+    mean = (tokens * mask).sum(dim=2) / count  # (B, C, F)
+    pooled = []
+    for part in parts:
+        if part == "mean":
+            pooled.append(mean)
+        elif part == "std":
+            pooled.append((((tokens - mean[:, :, None]) ** 2 * mask).sum(dim=2) / count).sqrt())
+        elif part == "max":
+            pooled.append(tokens.masked_fill(mask == 0, float("-inf")).amax(dim=2))
+        else:
+            if statistics is None:
+                raise ValueError(f"pooling {pooling!r} needs the series statistics")
+            pooled.append(statistics.to(tokens.dtype))
+    per_channel = torch.cat(pooled, dim=-1)  # (B, C, K)
+    return per_channel.flatten(1) if keep_channels else per_channel.mean(dim=1)
+
+
+def series_statistics(values: torch.Tensor, lengths: torch.Tensor, config: "STEPConfig") -> torch.Tensor:
+    """(B, C, 2) signed-log mean and std of every channel over its valid samples, as statistics compensation
+    computes them (so teacher rows can be given the very same features in evaluation)."""
+    padding = (torch.arange(values.shape[-1], device=values.device) >= lengths[:, None])[:, None, :]
+    return normalise_channels(values, lengths, padding, config)[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The encoder
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -403,6 +458,7 @@ class STEPEncoder(PreTrainedModel):
 
         return STEPEncoderOutput(
             last_hidden_state=hidden,
+            statistics=statistics,
             token_mask=token_mask,
             pooled=pooled,
             patching_loss=patching_loss,
@@ -417,19 +473,32 @@ class STEPEncoder(PreTrainedModel):
         sampling_rate: float | Sequence[float | None] | np.ndarray | None = None,
         batch_size: int = 32,
         max_batch_samples: int = 2**24,
+        pooling: str | None = None,
+        keep_channels: bool = False,
     ) -> np.ndarray:
-        """Pooled embeddings (n, hidden) float32, in input order, of arrays shaped (time,) or (channels, time).
+        """Embeddings (n, dim) float32, in input order, of arrays shaped (time,) or (channels, time).
+
+        pooling: None = `config.embedding_pooling` (the recipe measured best, see STEPConfig); `pooled` = the
+        forward pass's LayerNorm(mean) vector (hidden,); or '+'-joined parts of `pool_embedding` (mean, std, max,
+        stats) over the final tokens. keep_channels: concatenate per-channel vectors in channel order (for a fixed
+        montage) instead of averaging channels; all series must then have the same channel count.
 
         Series are grouped by channel count and by length (within a factor 2, so padding at most doubles the
         work), at most `batch_size` series and `max_batch_samples` padded values per batch (a longer series goes
         alone). Runs in eval mode; the previous mode is restored.
         """
+        pooling = pooling or self.config.embedding_pooling
+        if pooling != "pooled":
+            check_pooling(pooling)
         arrays = [validate_series(i, x) for i, x in enumerate(series)]
+        if keep_channels and len({x.shape[0] for x in arrays}) > 1:
+            raise ValueError("keep_channels needs the same channel count in every series, got "
+                             f"{sorted({x.shape[0] for x in arrays})}")
         one_rate = sampling_rate is None or np.isscalar(sampling_rate)
         rates = [sampling_rate] * len(arrays) if one_rate else list(sampling_rate)
         if len(rates) != len(arrays):
             raise ValueError(f"sampling_rate has {len(rates)} entries for {len(arrays)} series")
-        embeddings = np.zeros((len(arrays), self.config.hidden_size), dtype=np.float32)
+        embeddings: np.ndarray | None = None
 
         was_training = self.training
         self.eval()
@@ -442,10 +511,17 @@ class STEPEncoder(PreTrainedModel):
                 lengths = torch.tensor([arrays[i].shape[1] for i in batch])  # (B,)
                 batch_rates = torch.tensor([np.nan if rates[i] is None else float(rates[i]) for i in batch])
                 out = self(torch.from_numpy(values).to(self.device), lengths, sampling_rate=batch_rates)
-                embeddings[batch] = out.pooled.float().cpu().numpy()
+                if pooling == "pooled":
+                    vectors = out.pooled
+                else:
+                    vectors = pool_embedding(out.last_hidden_state, out.token_mask, pooling, keep_channels,
+                                             out.statistics)
+                if embeddings is None:
+                    embeddings = np.zeros((len(arrays), vectors.shape[1]), dtype=np.float32)
+                embeddings[batch] = vectors.float().cpu().numpy()
         finally:
             self.train(was_training)
-        return embeddings
+        return embeddings if embeddings is not None else np.zeros((0, self.config.hidden_size), np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ shape, so the weights hashed are the weights loaded and none is silently left ra
 
 What the model sees: all channels of a series at once (sees_all_channels), at its native rate (the checkpoint's
 sfreq, else 200 Hz for CBraMod and LaBraM; resampled or reinterpreted per rate_policy). Every channel is
-standardised over the whole series (scale_free.py) and scaled to `input_std` (0.2: the models were pre-trained on
+standardised over the whole series (base.standardized) and scaled to `input_std` (0.2: the models were pre-trained on
 EEG in units of 100 uV), so features do not depend on units. Tokens are the models' patches (200 samples = 1 s at
 200 Hz); the model gives one vector per (channel, patch), pooled over channels (mean, or mean and std) so the
 feature size never depends on the montage: (items, channels, T) -> (items, ceil(T / patch), D or 2D). Two token
@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from pipeline.teachers.base import WindowedTeacher, local_model_dir, resolve_device, safetensors_files, sha256_of_files
-from pipeline.teachers.scale_free import standardize_channels
+from pipeline.teachers.base import (
+    WindowedTeacher, local_model_dir, resolve_device, safetensors_files, sha256_of_files, standardized,
+)
 from schemas.teachers import BraindecodeTeacher
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ class BraindecodeTeacherAdapter(WindowedTeacher):
             return int(self._channel_tokens(dummy).shape[-1])
 
     def normalize_series(self, values: np.ndarray) -> np.ndarray:
-        return standardize_channels(values) * np.float32(self.spec.input_std)
+        return standardized(values) * np.float32(self.spec.input_std)
 
     def _channel_tokens(self, windows: np.ndarray) -> torch.Tensor:
         """(items, channels, T) -> (items, channels, patches, D) of the chosen layer, T padded to whole patches (or

@@ -7,7 +7,7 @@ error naming the field when the checkpoint needs it, a warning logged when on; p
 are fetched with the weights and hashed into the manifest, since they change the features as much as the weights.
 
 What the model sees: rate-agnostic steps (native_rate None), every channel on its own. Each channel is standardised
-over the whole series (scale_free.py): Time-MoE's own recipe z-normalises the context, and units must not matter.
+over the whole series (base.standardized): Time-MoE's own recipe z-normalises the context, and units must not matter.
 Inputs longer than `max_context` steps (2048, the paper's cut for Time-MoE) are cut into overlapping windows and
 stitched. The model is causal-LM style: `forward(input_ids=(items, T) floats, output_hidden_states=True)` gives one
 hidden state per step; `layer` indexes hidden_states (0: embeddings, i: after block i, -1: last) and `token_pool`
@@ -36,8 +36,9 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from pipeline.teachers.base import WindowedTeacher, hub_model_files, pool_steps, resolve_device, sha256_of_files
-from pipeline.teachers.scale_free import standardize_channels
+from pipeline.teachers.base import (
+    WindowedTeacher, hub_model_files, pool_steps, resolve_device, sha256_of_files, standardized,
+)
 from schemas.teachers import HFRemoteCodeTeacher
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class HFRemoteCodeTeacherAdapter(WindowedTeacher):
                              f"{type(self.model).__name__}.forward ({', '.join(accepted)})")
 
     def normalize_series(self, values: np.ndarray) -> np.ndarray:
-        return standardize_channels(values)
+        return standardized(values)
 
     def encode_window(self, windows: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(windows[:, 0]).to(self.device)  # (items, T)

@@ -13,7 +13,7 @@ this adapter takes the patch tokens of `layer` instead: (items, T) -> (items, ce
 exactly seq_len steps: a shorter window is completed by repeating its last value (the model has no attention mask,
 so those steps are seen; tokens past the window are dropped); longer series are cut into overlapping 512-step
 windows and stitched. Every channel on its own, rate-agnostic. Each channel is standardised over the whole series
-in float64 first (scale_free.py): the patch statistics Mantis encodes are then relative to the series' own scale,
+in float64 first (base.standardized): the patch statistics Mantis encodes are then relative to the series' own scale,
 so features do not depend on units.
 """
 
@@ -25,8 +25,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.teachers.base import WindowedTeacher, local_model_dir, resolve_device, safetensors_files, sha256_of_files
-from pipeline.teachers.scale_free import standardize_channels
+from pipeline.teachers.base import (
+    WindowedTeacher, local_model_dir, resolve_device, safetensors_files, sha256_of_files, standardized,
+)
 from schemas.teachers import MantisTeacher
 
 # MantisV1's constructor defaults: the architecture of paris-noah/Mantis-8M.
@@ -256,7 +257,7 @@ class MantisTeacherAdapter(WindowedTeacher):
         self.max_context = self.model.seq_len
 
     def normalize_series(self, values: np.ndarray) -> np.ndarray:
-        return standardize_channels(values)
+        return standardized(values)
 
     def encode_window(self, windows: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(windows).to(self.device)  # (items, 1, T), T <= seq_len

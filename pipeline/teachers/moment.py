@@ -14,7 +14,7 @@ window masked as attention keys; one token per patch: (items, T) -> (items, ceil
 than seq_len (512) sits at the start of the context; its last partial patch is completed by repeating its last
 value, the rest is masked (mask embedding, no attention to it), so tokens of a short series never see padding.
 Longer series: overlapping 512-step windows, stitched. Every channel on its own, rate-agnostic. Each channel is first
-standardised over the whole series in float64 (scale_free.py), so features do not depend on units.
+standardised over the whole series in float64 (base.standardized), so features do not depend on units.
 Layer: index into the T5 hidden states (0: patch embeddings, i: after block i, -1: after the final layer norm).
 """
 
@@ -28,8 +28,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import T5Config, T5EncoderModel
 
-from pipeline.teachers.base import WindowedTeacher, local_model_dir, resolve_device, safetensors_files, sha256_of_files
-from pipeline.teachers.scale_free import standardize_channels
+from pipeline.teachers.base import (
+    WindowedTeacher, local_model_dir, resolve_device, safetensors_files, sha256_of_files, standardized,
+)
 from schemas.teachers import MomentTeacher
 
 REVIN_EPS = 1e-5  # momentfm's RevIN: std + eps
@@ -160,7 +161,7 @@ class MomentTeacherAdapter(WindowedTeacher):
         self.max_context = self.model.seq_len // self.model.patch_len * self.model.patch_len
 
     def normalize_series(self, values: np.ndarray) -> np.ndarray:
-        return standardize_channels(values)
+        return standardized(values)
 
     def encode_window(self, windows: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(windows[:, 0]).to(self.device)  # (items, T), T <= seq_len
