@@ -31,8 +31,9 @@ COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
 def entry_hash(entry: CatalogEntry) -> str:
-    """Hash of everything in a catalog entry that changes the generated series."""
-    payload = entry.model_dump(mode="json", exclude={"description"})
+    """Hash of everything in a catalog entry that changes the generated series (not its description, nor the
+    montage's channel names, which only say how embeddings read the channels)."""
+    payload = entry.model_dump(mode="json", exclude={"description", "channel_names"})
     if payload.get("probe"):
         payload["probe"].pop("baseline", None)  # a recorded score does not change the data
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -22,7 +22,6 @@ ABLATIONS: dict[str, list[str]] = {
     "pooling-mean+std": ["evaluate.pooling=mean+std"],
     "pooling-mean+max": ["evaluate.pooling=mean+max"],
     "pooling-mean+std+max+stats": ["evaluate.pooling=mean+std+max+stats"],
-    "summary-off": ["distill.summary_weight=0.0"],
     "summary-1": ["distill.summary_weight=1.0"],
     "cosine0.9-l1-0.1": ["distill.cosine_weight=0.9", "distill.smooth_l1_weight=0.1"],
     "mlp-heads": ["distill.head=mlp"],

@@ -271,6 +271,7 @@ def embed(
     if not (model / "config.json").exists():
         fail(f"{model}: not a model directory (no config.json); run `step-pipeline distill` first")
     encoder = STEPEncoder.from_pretrained(model).eval()
+    keep_channels = False
     if input is not None:
         if not input.exists():
             fail(f"{input}: no such file")
@@ -281,11 +282,13 @@ def embed(
 
         cat = _catalog(None, params)
         try:
-            series = iter(open_reader(cat.get(dataset), cat, load_params(params).prepare.series_store))
+            entry = cat.get(dataset)
         except KeyError as exc:
             fail(str(exc.args[0]))
+        series = iter(open_reader(entry, cat, load_params(params).prepare.series_store))
+        keep_channels = entry.channel_names is not None  # a fixed montage: channels kept apart
     try:
-        embed_to_store(encoder, series, output, batch_size=batch_size)
+        embed_to_store(encoder, series, output, batch_size=batch_size, keep_channels=keep_channels)
     except (DataError, ValueError) as exc:
         fail(str(exc))
     console.print(f"embeddings written to {output}")

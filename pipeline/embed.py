@@ -1,12 +1,12 @@
 """Embed series with a STEP encoder and write the embeddings to a Zarr v3 store that xarray reads.
 
-The store holds `embedding (series, hidden)` float32 and `series_id (series,)` fixed-width unicode, with attrs
-naming the model. Series are streamed: at most one block (a few batches) is in memory at a time, and each block
+The store holds `embedding (series, dim)` float32 and `series_id (series,)` fixed-width unicode, with attrs
+naming the model and its pooling. Series are streamed: at most one block (a few batches) is in memory at a time, and each block
 is appended to the store as soon as it is embedded.
 
     import xarray as xr
     embed_to_store(model, series, Path("out.zarr"))
-    xr.open_zarr("out.zarr", consolidated=True).embedding  # (series, hidden)
+    xr.open_zarr("out.zarr", consolidated=True).embedding  # (series, dim)
 """
 
 import logging
@@ -28,12 +28,14 @@ BLOCK_BYTES = 256 * 2**20  # flush a block once its raw values reach this size, 
 EMBEDDING_CHUNK_ROWS = 4096  # rows per Zarr chunk of `embedding` (4096 x 128 float32 = 2 MB)
 
 
-def embed_to_store(model: STEPEncoder, series: Iterable[Series], output: Path, batch_size: int = 32) -> Path:
+def embed_to_store(model: STEPEncoder, series: Iterable[Series], output: Path, batch_size: int = 32,
+                   keep_channels: bool = False) -> Path:
     """Embed every series and write them, in input order, to the Zarr v3 store `output` (replaced if present).
 
     Blocks of up to 8 x batch_size series (or BLOCK_BYTES of values) are embedded together, so that
     `STEPEncoder.embed` can group similar lengths, then appended along `series`. The ids are kept in memory
-    (strings are small) and written last as one fixed-width unicode array.
+    (strings are small) and written last as one fixed-width unicode array. `keep_channels`: per-channel vectors
+    concatenated (a fixed montage), see `STEPEncoder.embed`.
     """
     output = Path(output)
     if output.exists():
@@ -46,11 +48,11 @@ def embed_to_store(model: STEPEncoder, series: Iterable[Series], output: Path, b
         block.append(item)
         block_bytes += item.values.nbytes
         if len(block) >= 8 * batch_size or block_bytes >= BLOCK_BYTES:
-            _append_block(model, block, output, batch_size, first=not ids)
+            _append_block(model, block, output, batch_size, not ids, keep_channels)
             ids += [s.id for s in block]
             block, block_bytes = [], 0
     if block or not ids:
-        _append_block(model, block, output, batch_size, first=not ids)
+        _append_block(model, block, output, batch_size, not ids, keep_channels)
         ids += [s.id for s in block]
 
     width = max((len(i) for i in ids), default=1)
@@ -59,6 +61,8 @@ def embed_to_store(model: STEPEncoder, series: Iterable[Series], output: Path, b
         "model": str(model.name_or_path or "unsaved STEPEncoder"),
         "model_type": model.config.model_type,
         "hidden_size": model.config.hidden_size,
+        "pooling": model.config.embedding_pooling,
+        "keep_channels": int(keep_channels),
     }
     with quiet_zarr_extension_warnings():
         series_id.to_zarr(output, mode="a", zarr_format=3, consolidated=False)
@@ -67,14 +71,16 @@ def embed_to_store(model: STEPEncoder, series: Iterable[Series], output: Path, b
     return output
 
 
-def _append_block(model: STEPEncoder, block: list[Series], output: Path, batch_size: int, first: bool) -> None:
+def _append_block(model: STEPEncoder, block: list[Series], output: Path, batch_size: int, first: bool,
+                  keep_channels: bool) -> None:
     """Embed one block and write it: a new store for the first block, appended along `series` afterwards."""
     embeddings = model.embed(
-        [s.values for s in block], sampling_rate=[s.sampling_rate for s in block], batch_size=batch_size
-    )  # (len(block), hidden)
-    dataset = xr.Dataset({"embedding": (("series", "hidden"), embeddings)})
+        [s.values for s in block], sampling_rate=[s.sampling_rate for s in block], batch_size=batch_size,
+        keep_channels=keep_channels,
+    )  # (len(block), dim)
+    dataset = xr.Dataset({"embedding": (("series", "dim"), embeddings)})
     if first:
-        chunks = (EMBEDDING_CHUNK_ROWS, model.config.hidden_size)
+        chunks = (EMBEDDING_CHUNK_ROWS, embeddings.shape[1])
         dataset.to_zarr(output, mode="w", zarr_format=3, consolidated=False, encoding={"embedding": {"chunks": chunks}})
     else:
         dataset.to_zarr(output, append_dim="series", consolidated=False)

@@ -358,10 +358,34 @@ def update_readme(readme: Path, reports_dir: Path) -> None:
     table = (reports_dir / "probe_table.md").read_text()
     distill = json.loads((reports_dir / "distill" / "metrics.json").read_text())
     block = (f"{README_START}\n{table}\nDistillation: {distill['steps']} steps in {distill['wall_seconds']} s; "
-             f"final validation loss {json.dumps(distill['val_loss'])} (first: {json.dumps(distill['first_val_loss'])})."
+             f"validation loss at step 0 {json.dumps(distill['first_val_loss'])}, final {json.dumps(distill['val_loss'])}."
              f"\n{README_END}")
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: no {README_START} ... {README_END} block to fill")
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + block + rest.split(README_END, 1)[1])
+    text = replace_block(readme.read_text(), README_START, README_END, block, readme)
+    finetune = reports_dir / "finetune_metrics.json"
+    if finetune.exists():
+        text = replace_block(text, FINETUNE_START, FINETUNE_END, finetune_table(json.loads(finetune.read_text()),
+                             json.loads((reports_dir / "finetune" / "splits.json").read_text())), readme)
+    readme.write_text(text)
+
+
+FINETUNE_START, FINETUNE_END = "<!-- finetune:start -->", "<!-- finetune:end -->"
+
+
+def replace_block(text: str, start: str, end: str, content: str, where: Path) -> str:
+    """`text` with everything from `start` to `end` replaced by start + content + end."""
+    if start not in text or end not in text:
+        raise ValueError(f"{where}: no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    body = content if content.startswith(start) else f"{start}\n{content}\n{end}"
+    return head + body + rest.split(end, 1)[1]
+
+
+def finetune_table(metrics: dict, record: dict) -> str:
+    """Markdown table of reports/finetune_metrics.json, with the budget and wall time it took."""
+    columns = [c for c in next(iter(metrics.values())) if c != "real_accuracy_mean"]
+    lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {m} | " + " | ".join(f"{s[c]:.3f}" for c in columns) + " |" for m, s in metrics.items()]
+    budget = record["budget"]
+    lines += ["", f"{budget['steps']} steps of {budget['batch_size']} series per model and task, split 0 only; "
+              f"{record['wall_seconds'] / 60:.0f} minutes for both models on every task (2 CPU cores)."]
+    return "\n".join(lines)

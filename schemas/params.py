@@ -74,7 +74,7 @@ class DistillParams(Section):
     smooth_l1_beta: float = Field(1.0, gt=0, description="Smooth-L1 transition point.")
     patching_weight: float = Field(0.1, ge=0, description="Weight of the adaptive-patching penalties.")
     summary_weight: float = Field(
-        0.0, ge=0,
+        1.0, ge=0,
         description="Weight of the summary loss: the student's mean+std pooled tokens, through a summary head per "
         "teacher, against that teacher's mean+std pooled standardised targets (0: off).",
     )
@@ -134,7 +134,7 @@ class FinetuneParams(Section):
     splits: int = Field(
         1, ge=1, description="Splits fine-tuned per task (the first of evaluate's splits; 1 = the declared split)."
     )
-    steps: int = Field(300, ge=1, description="Optimisation steps per model and task (the same budget for both).")
+    steps: int = Field(150, ge=1, description="Optimisation steps per model and task (the same budget for both).")
     batch_size: int = Field(16, ge=1, description="Series per step.")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay).")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")

@@ -296,7 +296,11 @@ def test_unknown_rate_and_montage_are_catalog_values(tmp_path):
     assert CatalogEntry.model_validate(entry | {"sampling_rate": "unknown"}).rate_unknown
     with pytest.raises(ValueError, match="sampling_rate"):
         CatalogEntry.model_validate(entry | {"sampling_rate": "fast"})
-    assert CatalogEntry.model_validate(entry | {"channel_names": ["C3", "C4"]}).channel_names == ["C3", "C4"]
+    montage = CatalogEntry.model_validate(entry | {"channel_names": ["C3", "C4"]})
+    assert montage.channel_names == ["C3", "C4"]
+    from data_catalog.series_store import entry_hash
+
+    assert entry_hash(montage) == entry_hash(CatalogEntry.model_validate(entry))  # names do not change the data
     with pytest.raises(ValueError, match="1 channel_names for 2 channels"):
         CatalogEntry.model_validate(entry | {"channel_names": ["C3"]})
     catalog = load_catalog(ROOT / "data_catalog/catalog.yaml")

@@ -186,3 +186,23 @@ def test_finetune_stage_writes_both_models_for_every_task(evaluated):
         assert {"probe_sleep", "probe_radar", "probe_real", "mean", "real_mean"} <= set(scores)
     assert json.loads((root / "reports/finetune_metrics.json").read_text()) == metrics
     assert (root / "reports/finetune/loss_curves.png").stat().st_size > 1000
+
+
+def test_update_readme_fills_the_results_and_finetune_blocks(evaluated, tmp_path):
+    from pipeline.evaluate import update_readme
+    from stages import finetune as finetune_stage
+
+    root, params_path, _, _ = evaluated
+    if not (root / "reports/finetune_metrics.json").exists():
+        finetune_stage.run(str(params_path))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nmiddle\n"
+                      "<!-- finetune:start -->\nold\n<!-- finetune:end -->\nend\n")
+    update_readme(readme, root / "reports")
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("# x\n") and "\nmiddle\n" in text and text.endswith("end\n")
+    assert "| step-distilled |" in text and "validation loss at step 0" in text
+    assert "| finetune-scratch |" in text and "steps of 4 series" in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="no <!-- results:start -->"):
+        update_readme(readme, root / "reports")

@@ -372,7 +372,7 @@ def test_embed_to_store_streams_blocks_readable_by_xarray(model, tmp_path):
               for i, n in enumerate(lengths)]
     output = embed_to_store(model, iter(series), tmp_path / "embeddings.zarr", batch_size=2)  # blocks of 16
     store = xr.open_zarr(output, consolidated=True)
-    assert store.embedding.dims == ("series", "hidden") and store.embedding.shape == (37, 32)
+    assert store.embedding.dims == ("series", "dim") and store.embedding.shape == (37, 3 * 32 + 2)
     assert store.embedding.dtype == np.float32
     assert store.series_id.dtype.kind == "U"
     assert list(store.series_id.values) == [s.id for s in series]

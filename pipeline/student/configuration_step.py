@@ -60,8 +60,10 @@ class STEPConfig(PreTrainedConfig):
 
     Embedding (what `embed()` returns by default):
         embedding_pooling: '+'-joined parts pooled over each channel's final tokens: mean, std, max, and stats
-            (the channel's signed-log mean and std); `pooled` = the forward pass's LayerNorm(mean). Measured on
-            the probe table (README); the mean alone loses what varies within a series.
+            (the channel's signed-log mean and std); `pooled` = the forward pass's LayerNorm(mean). Default
+            mean+std+max+stats: on the probe table it gave the distilled student 0.429 generated / 0.692 real
+            mean F1 against 0.399 / 0.571 for `pooled` (README, "The embedding"); the mean alone loses what varies
+            within a series.
     """
 
     model_type = "step"
@@ -104,7 +106,7 @@ class STEPConfig(PreTrainedConfig):
     constant_channel_atol: float = 1e-30
 
     # Embedding
-    embedding_pooling: str = "pooled"
+    embedding_pooling: str = "mean+std+max+stats"
 
     def validate_step_architecture(self):
         """Reject settings the model cannot build or run with, naming the field."""
