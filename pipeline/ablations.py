@@ -1,8 +1,8 @@
 """The recipe's ablation table: each variant a DVC experiment (`dvc exp run -n NAME -S ...`), one table from them.
 
 `step-pipeline ablations run` runs every variant below as a DVC experiment in the workspace, one after the other
-(each from the committed params, so overrides never stack), then restores the workspace to the `default`
-experiment. Workspace runs, not `--queue`: the feature stores are `cache: false` (too large for DVC's cache), so a
+(each from the committed params, so overrides never stack), then restores the workspace to the committed state
+(params, dvc.lock and reports from git, the model from DVC's cache); commit before running. Workspace runs, not `--queue`: the feature stores are `cache: false` (too large for DVC's cache), so a
 queued run in a temporary copy would have to extract them again. Variants that change only `evaluate` rerun only
 that stage. `step-pipeline ablations table` reads `dvc exp show --json` and prints the Markdown table README shows
 (generated mean and real_mean with their 95% intervals, distillation wall time).
@@ -32,7 +32,7 @@ ABLATIONS: dict[str, list[str]] = {
 
 
 def run(names: list[str] | None = None) -> None:
-    """Run the named variants (all by default) as DVC experiments, then apply `default` to the workspace."""
+    """Run the named variants (all by default) as DVC experiments, then restore the committed workspace."""
     names = names or list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
@@ -42,9 +42,8 @@ def run(names: list[str] | None = None) -> None:
         overrides = [arg for override in ABLATIONS[name] for arg in ("-S", override)]
         log.info("experiment %s: %s", name, " ".join(ABLATIONS[name]) or "params.yaml as committed")
         subprocess.run(["dvc", "exp", "run", "--force", "-n", name, *overrides], check=True)
-    subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock"], check=True)
-    if "default" in names:
-        subprocess.run(["dvc", "exp", "apply", "default"], check=True)
+    subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "reports"], check=True)
+    subprocess.run(["dvc", "checkout"], check=True)
 
 
 def table(experiments: list[dict] | None = None) -> str:
