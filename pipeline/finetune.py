@@ -63,7 +63,7 @@ def finetune(encoder: STEPEncoder, task: ProbeTask, train: np.ndarray, config: F
 @torch.no_grad()
 def predict(model: STEPEncoder, head: torch.nn.Linear, task: ProbeTask, rows: np.ndarray) -> np.ndarray:
     """Class predictions (len(rows),) of the fine-tuned model on the given series."""
-    embeddings = model.embed([task.series[r] for r in rows], task.sampling_rate)  # (n, hidden)
+    embeddings = model.embed([task.series[r] for r in rows], task.sampling_rate, pooling="pooled")  # (n, hidden)
     return head(torch.from_numpy(embeddings)).argmax(dim=-1).numpy()
 
 

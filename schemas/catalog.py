@@ -120,7 +120,7 @@ class CatalogEntry(BaseModel):
         if value is None or value == "unknown":
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"must be a positive number of Hz, `unknown` or null (got {value!r})")
+            raise ValueError("must be a positive number of Hz, `unknown` or null")
         return float(value)
 
     @property

@@ -152,8 +152,9 @@ def test_sampling_rate_missing_or_not_positive(tmp_path):
         {"name": "mine", "domain": "other", "role": "pretrain", "channels": 2, "unit": "V",
          "source": {"kind": "files", "paths": ["x.npy"]}}]}
     path = tmp_path / "catalog.yaml"
-    for rate, message in ((None, "Field required"), (0, "greater than 0"), (-250.0, "greater than 0"),
-                          ("fast", "valid number")):
+    positive = r"must be a positive number of Hz, `unknown` or null \(got "
+    for rate, message in ((None, "Field required"), (0, positive + "0"), (-250.0, positive + "-250"),
+                          ("fast", positive + "'fast'")):
         if rate is not None:
             catalog["datasets"][0]["sampling_rate"] = rate
         path.write_text(yaml.safe_dump(catalog))

@@ -32,6 +32,8 @@ def relative_params() -> dict:
     params["distill"] |= {"output_dir": "models/step-student", "checkpoint_dir": "models/checkpoints",
                           "reports_dir": "reports"}
     params["evaluate"]["reports_dir"] = "reports"
+    params["finetune"]["reports_dir"] = "reports"
+    params["evaluate"]["seed"] = 0  # the finetune stage tracks it (the splits), so it must be spelled out
     return params
 
 
@@ -46,6 +48,7 @@ def repo(tmp_path_factory):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "init", "-q")
     dvc(repo, "config", "core.analytics", "false")
+    dvc(repo, "unfreeze", "finetune")  # frozen in the project (its results are committed); here it runs, tiny
     return repo
 
 
@@ -56,7 +59,8 @@ def stages_run(output: str) -> set[str]:
 def test_repro_runs_everything_then_nothing_then_only_downstream(repo):
     first = dvc(repo, "repro")
     assert stages_run(first) == {"prepare", "extract@silero_vad", "extract@fracast", "extract@spectral",
-                                 "distill", "evaluate"}
+                                 "distill", "evaluate", "finetune"}
+    assert "finetune-scratch" in json.loads((repo / "reports/finetune_metrics.json").read_text())
     assert (repo / "models/step-student/model.safetensors").exists()
     metrics = json.loads((repo / "reports/probe_metrics.json").read_text())
     assert {"step-distilled", "step-random", "teacher:fracast"} <= set(metrics)
@@ -66,11 +70,11 @@ def test_repro_runs_everything_then_nothing_then_only_downstream(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["distill"]["lr"] = 5e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(dvc(repo, "repro")) == {"distill", "evaluate"}
+    assert stages_run(dvc(repo, "repro")) == {"distill", "evaluate", "finetune"}
 
     params["extract"]["teachers"]["spectral"]["window_seconds"] = 4.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(dvc(repo, "repro")) == {"extract@spectral", "distill", "evaluate"}
+    assert stages_run(dvc(repo, "repro")) == {"extract@spectral", "distill", "evaluate", "finetune"}
     assert "reports/probe_metrics.json" in dvc(repo, "metrics", "show")
 
 
@@ -98,3 +102,11 @@ def test_stage_deps_cover_the_project_modules_its_command_imports(stage):
     assert "pipeline/cli.py" in imported and f"stages/{stage}.py" in imported  # the probe itself works
     uncovered = [f for f in imported if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
     assert not uncovered, f"dvc.yaml stage {stage!r} imports {uncovered} without depending on them"
+
+
+def test_finetune_stage_is_frozen_with_its_results_committed():
+    """`dvc repro` skips the long fine-tuning stage but verifies its outputs: they must be in the repository."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["finetune"]
+    assert stage["frozen"] is True
+    for output in ["reports/finetune_metrics.json", "reports/finetune/loss.csv", "reports/finetune/splits.json"]:
+        assert output in str(stage) and (ROOT / output).exists(), output
