@@ -26,8 +26,8 @@ ABLATIONS: dict[str, list[str]] = {
     "cosine0.9-l1-0.1": ["distill.cosine_weight=0.9", "distill.smooth_l1_weight=0.1"],
     "mlp-heads": ["distill.head=mlp"],
     "crop-on": ["distill.crop.enabled=true"],
-    "no-adaptive-patching": ["student.overrides.adaptive_patching=false"],
-    "no-stats-compensation": ["student.overrides.stats_compensation=false"],
+    "no-adaptive-patching": ["+student.overrides.adaptive_patching=false"],  # + adds a key (Hydra syntax)
+    "no-stats-compensation": ["+student.overrides.stats_compensation=false"],
 }
 
 
