@@ -1,60 +1,101 @@
-"""Distillation throughput, float32 against bf16 autocast, side by side on the default data (same batches, seed).
+"""Distillation throughput: today's training step against the new one (and bf16 autocast), in lockstep.
 
-Each mode runs the default distillation (params.yaml, the extracted stores) for --steps steps in a fresh process,
-with reports and checkpoints in a temp dir. Prints segments/s, the mean train loss over the last quarter of the
-steps for each, and the ratio as the last line, e.g. `distill_throughput: ratio=1.8 (bf16 / fp32 segments/s)`.
+Every mode gets its own student, heads and AdamW from the same seed and trains on the very same batches of the
+default data (params.yaml, the extracted stores): batch i is run by every mode before batch i + 1 is read, so a
+machine that slows down mid-run (other processes on 2 cores) slows every mode alike. Reports segments/s per mode,
+the mean train loss over the last quarter of the steps, and the ratio new / today as the last line, e.g.
+`distill_throughput: ratio=1.08 (goal >= 2)`.
 
-    .venv/bin/python bench/distill_throughput.py [--steps 80] [--quick]
+Modes:
+- today: the step as of the profile in README ("Training speed"): channel attention always runs its full
+  attention, even over one channel;
+- new: the shipped code path (attention over one channel is exactly out_proj(v_proj(x)): no q, k, no copies);
+- bf16: the new path under torch.autocast(bfloat16) (`distill.bf16`), optional with --bf16 (slow on CPUs without
+  native bf16: ~11x slower than float32 on this AVX2 machine).
+
+    .venv/bin/python bench/distill_throughput.py [--steps 60] [--quick] [--bf16]
 """
 
 import argparse
-import csv
-import json
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
+import itertools
+import time
 
-import yaml
+import torch
 
-RUN = """
-import json, sys
-from pipeline.distill.train import distill
+from pipeline.distill.loader import distillation_data
+from pipeline.distill.train import student_and_objective
+from pipeline.student import modeling_step
 from schemas.params import load_params
-metrics = distill(load_params(sys.argv[1]))
-print("RESULT", json.dumps(metrics))
-"""
 
 
-def run(mode: str, steps: int, directory: Path) -> dict:
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    params["distill"] |= {"bf16": mode == "bf16", "max_steps": steps, "val_every": steps, "warmup_steps": 10,
-                          "checkpoint_every": steps, "output_dir": str(directory / mode / "model"),
-                          "checkpoint_dir": str(directory / mode / "checkpoints"),
-                          "reports_dir": str(directory / mode / "reports")}
-    path = directory / f"{mode}.yaml"
-    path.write_text(yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, "-c", RUN, str(path)], capture_output=True, text=True, check=True)
-    metrics = json.loads(result.stdout.split("RESULT", 1)[1])
-    with open(directory / mode / "reports/distill/train_loss.csv", newline="") as handle:
-        losses = [float(row["total"]) for row in csv.DictReader(handle)]
-    tail = losses[-max(1, len(losses) // 4):]
-    return {"segments_per_second": metrics["segments_per_second"], "late_train_loss": sum(tail) / len(tail)}
+def block_forward_today(self, hidden: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """STEPBlock.forward before the one-channel shortcut (the reference the ratio is measured against)."""
+    batch, channels, tokens, width = hidden.shape
+    x = self.time_norm(hidden).reshape(batch * channels, tokens, width)
+    x = self.time_attention(x, key_mask=token_mask.repeat_interleave(channels, dim=0))
+    hidden = hidden + self.dropout(x.view(batch, channels, tokens, width))
+    x = self.channel_norm(hidden).transpose(1, 2).reshape(batch * tokens, channels, width)
+    x = self.channel_attention(x)
+    hidden = hidden + self.dropout(x.view(batch, tokens, channels, width).transpose(1, 2))
+    return hidden + self.dropout(self.mlp(self.mlp_norm(hidden)))
+
+
+class Trainer:
+    """One mode's student, heads, objective and optimiser; `step(batch)` returns (seconds, loss)."""
+
+    def __init__(self, params, stores, mode: str):
+        config = params.distill
+        torch.manual_seed(config.seed)
+        self.model, self.heads, self.objective, self.optimizer = student_and_objective(
+            params, config, stores, torch.device("cpu"))
+        self.parameters = list(self.model.parameters()) + list(self.heads.parameters())
+        self.mode, self.grad_clip = mode, config.grad_clip
+        self.seconds, self.segments, self.losses = 0.0, 0, []
+
+    def step(self, batch) -> None:
+        new_forward = modeling_step.STEPBlock.forward
+        if self.mode == "today":
+            modeling_step.STEPBlock.forward = block_forward_today
+        try:
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mode == "bf16"):
+                loss, _ = self.objective(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+            self.optimizer.step()
+            self.seconds += time.perf_counter() - started
+        finally:
+            modeling_step.STEPBlock.forward = new_forward
+        self.segments += len(batch.segment_ids)
+        self.losses.append(loss.item())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--quick", action="store_true", help="20 steps per mode (under 2 minutes)")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--quick", action="store_true", help="12 steps per mode (under 2 minutes)")
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    steps = 20 if args.quick else args.steps
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {mode: run(mode, steps, Path(tmp)) for mode in ("fp32", "bf16")}
-    for mode, result in results.items():
-        print(f"{mode}: {result['segments_per_second']:.1f} segments/s, train loss over the last quarter "
-              f"{result['late_train_loss']:.3f} ({steps} steps)")
-    ratio = results["bf16"]["segments_per_second"] / results["fp32"]["segments_per_second"]
-    print(f"distill_throughput: ratio={ratio:.2f} (bf16 / fp32 segments/s; goal >= 2)")
+    steps = 12 if args.quick else args.steps
+
+    params = load_params(args.params)
+    data = distillation_data(params)
+    modes = ["today", "new"] + (["bf16"] if args.bf16 else [])
+    trainers = {mode: Trainer(params, data.stores, mode) for mode in modes}
+    batches = itertools.islice(itertools.chain.from_iterable(data.batches(data.epoch_plan(e))
+                                                             for e in itertools.count()), steps)
+    for batch in batches:
+        for trainer in trainers.values():
+            trainer.step(batch)
+
+    for mode, trainer in trainers.items():
+        tail = trainer.losses[-max(1, steps // 4):]
+        print(f"{mode}: {trainer.segments / trainer.seconds:.1f} segments/s, train loss over the last quarter "
+              f"{sum(tail) / len(tail):.4f} ({steps} steps)")
+    ratio = trainers["today"].seconds / trainers["new"].seconds
+    print(f"distill_throughput: ratio={ratio:.2f} (new / today segments/s; goal >= 2)")
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ class SeriesStoreReader(SeriesReader):
     """Reads one data set (group) of the prepared Zarr series store: ragged series concatenated along `sample`."""
 
     def __init__(self, entry: CatalogEntry, store_path: str | Path):
-        from data_catalog.series_store import open_series_group
+        from data_catalog.series_groups import open_series_group  # zarr only when a store is read
 
         self.group = open_series_group(store_path, entry)
         self.values = self.group["values"]

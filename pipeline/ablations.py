@@ -22,12 +22,23 @@ ABLATIONS: dict[str, list[str]] = {
     "pooling-mean+std": ["evaluate.pooling=mean+std"],
     "pooling-mean+max": ["evaluate.pooling=mean+max"],
     "pooling-mean+std+max+stats": ["evaluate.pooling=mean+std+max+stats"],
-    "summary-1": ["distill.summary_weight=1.0"],
+    "no-summary": ["distill.summary_weight=0.0"],  # the summary loss is on by default
     "cosine0.9-l1-0.1": ["distill.cosine_weight=0.9", "distill.smooth_l1_weight=0.1"],
     "mlp-heads": ["distill.head=mlp"],
     "crop-on": ["distill.crop.enabled=true"],
     "no-adaptive-patching": ["+student.overrides.adaptive_patching=false"],  # + adds a key (Hydra syntax)
-    "no-stats-compensation": ["+student.overrides.stats_compensation=false"],
+    # no statistics to append either: the embedding drops `stats`
+    "no-stats-compensation": ["+student.overrides.stats_compensation=false",
+                              "+student.overrides.embedding_pooling=mean+std+max+structure"],
+    # the paper's tokens: no lag increments, no band powers, so no structure loss and no structure in the embedding
+    "no-fine-structure": ["+student.overrides.structure_lags=0", "+student.overrides.structure_bands=0",
+                          "+student.overrides.embedding_pooling=mean+std+max+stats", "distill.structure_weight=0.0"],
+    "no-band-powers": ["+student.overrides.structure_bands=0"],
+    "no-structure-loss": ["distill.structure_weight=0.0"],
+    "600-steps": ["distill.max_steps=600"],
+    # the distillation corpus without the broad `corpus_*` sets: the probe generators' own pretraining seeds only
+    "in-domain-corpus": ["distill.datasets=[pretrain_gw,pretrain_lightcurves,pretrain_seismic,pretrain_bioacoustics,"
+                         "pretrain_sleep,pretrain_motor,pretrain_radar,pretrain_long_seismic]"],
 }
 
 
@@ -41,7 +52,9 @@ def run(names: list[str] | None = None) -> None:
         subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock"], check=True)
         overrides = [arg for override in ABLATIONS[name] for arg in ("-S", override)]
         log.info("experiment %s: %s", name, " ".join(ABLATIONS[name]) or "params.yaml as committed")
-        subprocess.run(["dvc", "exp", "run", "--force", "-n", name, *overrides], check=True)
+        subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # a rerun replaces it (absent: no-op)
+        # no --force: that would reproduce every stage (extraction too), not only what the overrides change
+        subprocess.run(["dvc", "exp", "run", "-n", name, *overrides], check=True)
     subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "reports"], check=True)
     subprocess.run(["dvc", "checkout"], check=True)
 

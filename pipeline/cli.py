@@ -1,8 +1,14 @@
 """The `step-pipeline` command line: one subcommand per pipeline stage, plus catalog and store tools.
 
 Options take their help text from the pydantic field descriptions in schemas/, so there is one source of truth.
+Heavy modules (torch, transformers, zarr, the schemas' pydantic models) are imported inside the commands that use
+them, so `--help`, `catalog`, `params` and `inspect` start fast (bench/startup.py).
 """
 
+import ast
+import functools
+import importlib
+import importlib.util
 import logging
 import os
 import subprocess
@@ -14,17 +20,50 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from schemas.params import DistillParams, Params
-from schemas.teachers import FracastTeacher
-
 app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, pretty_exceptions_show_locals=False)
 catalog_app = typer.Typer(help="List, show and validate the declared data sets.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 console = Console(width=None if sys.stdout.isatty() else 200)  # no truncated tables in logs/pipes
 
-def doc(model, field: str, prefix: str = "Override: ") -> str:
-    """An option's help text, taken from the pydantic field it overrides (one source of truth)."""
-    return prefix + model.model_fields[field].description
+def doc(module: str, model: str, field: str, prefix: str = "Override: ") -> str:
+    """An option's help text: the description of the pydantic field it overrides (one source of truth).
+
+    Read from the schema module's source rather than by importing it: importing schemas.params builds every
+    pydantic model (~0.5 s), which every `--help` would pay. A description that is not a plain string literal is
+    taken from the imported model instead. tests/test_structure.py checks both ways give the same text.
+    """
+    description = _literal_description(_schema_classes(module), model, field)
+    if description is None:
+        description = getattr(importlib.import_module(module), model).model_fields[field].description
+    return prefix + description
+
+
+@functools.cache
+def _schema_classes(module: str) -> dict[str, ast.ClassDef]:
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    return {node.name: node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)}
+
+
+def _literal_description(classes: dict[str, ast.ClassDef], model: str, field: str) -> str | None:
+    """`Field(description="...")` of `field` in class `model` or its bases (same module), if a literal."""
+    node = classes.get(model)
+    if node is None:
+        return None
+    for statement in node.body:
+        if isinstance(statement, ast.AnnAssign) and getattr(statement.target, "id", None) == field:
+            value = statement.value
+            keywords = value.keywords if isinstance(value, ast.Call) else []
+            for keyword in keywords:
+                if keyword.arg == "description":
+                    try:
+                        return ast.literal_eval(keyword.value)
+                    except ValueError:
+                        return None
+            return None
+    for base in node.bases:
+        if isinstance(base, ast.Name) and (found := _literal_description(classes, base.id, field)) is not None:
+            return found
+    return None
 
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (validated by schemas.params).")]
@@ -124,8 +163,9 @@ def extract(
                                                          "(default: all).")] = None,
     dataset: Annotated[Optional[list[str]], typer.Option("--dataset", help="Data set(s) (default: params "
                                                          "extract.datasets, else every catalog data set).")] = None,
-    device: Annotated[Optional[str], typer.Option(help=doc(FracastTeacher, "device"))] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=doc(FracastTeacher, "batch_size"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=doc("schemas.teachers", "FracastTeacher", "device"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=doc("schemas.teachers", "FracastTeacher",
+                                                               "batch_size"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a store made with another configuration "
                                             "(otherwise it is refused).")] = False,
     scheduler: Annotated[Optional[str], typer.Option(help="Run on this dask.distributed scheduler (e.g. "
@@ -172,8 +212,8 @@ def inspect(
 @app.command()
 def distill(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint (same result as an unbroken run).")] = False,
-    device: Annotated[Optional[str], typer.Option(help=doc(DistillParams, "device"))] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help=doc(DistillParams, "max_steps"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=doc("schemas.params", "DistillParams", "device"))] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help=doc("schemas.params", "DistillParams", "max_steps"))] = None,
     nproc: Annotated[int, typer.Option(min=1, help="Data-parallel processes on this machine (started with "
                                        "torchrun; DDP, gloo on CPU, nccl on GPU).")] = 1,
     params: ParamsOption = Path("params.yaml"),
@@ -298,6 +338,8 @@ def embed(
 def params_doc() -> None:
     """Every params.yaml field with its default and description (from schemas/params.py)."""
     from pydantic import BaseModel
+
+    from schemas.params import Params
 
     table = Table("field", "default", "description")
 

@@ -29,7 +29,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from tqdm import tqdm
 
 from data_catalog.catalog import open_reader
-from pipeline.extract import ChunkTask, SegmentValues, encode_chunk, teacher_layout
+from pipeline.chunk_encoding import ChunkTask, SegmentValues, encode_chunk, teacher_layout
 from pipeline.feature_store import FeatureStore
 from pipeline.teachers import load_teacher
 from schemas.catalog import Catalog

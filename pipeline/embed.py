@@ -20,7 +20,7 @@ import zarr
 from data_catalog.series import Series
 from data_catalog.zarr_warnings import quiet_zarr_extension_warnings
 from pipeline.student import STEPEncoder
-from pipeline.student.modeling_step import validate_series
+from pipeline.student.inputs import validate_series
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,10 @@ Models compared under one protocol:
 - `step-random`: the same architecture and config with random weights (what distillation must beat);
 - `teacher:<name>`: each teacher's cached token features, pooled over tokens with the very same operator as
   the student's tokens (`pool_embedding`, `evaluate.pooling`), the same series statistics appended when the
-  pooling has `stats`;
-- `baseline-stats`: per-channel mean/std/log-variance/band powers (data_catalog.baseline), a classical floor.
+  pooling has `stats` and the same pooled fine-structure inputs (the distilled student's) when it has `structure`;
+- `baseline-stats`: per-channel mean/std/log-variance/band powers (data_catalog.baseline), a classical floor;
+- `baseline-structure`: the distilled student's fine-structure inputs alone (lag increments and octave band
+  powers of each token's window, mean/std/max over tokens): what the student's network adds is the gap to it.
 The paper's other protocol (fine-tuning against training from scratch) is `pipeline.finetune`.
 
 The protocol, the same for every model:
@@ -48,7 +50,8 @@ from data_catalog.baseline import baseline_features
 from data_catalog.catalog import load_catalog, open_reader
 from pipeline.feature_store import FeatureStore, store_location
 from pipeline.student import STEPEncoder
-from pipeline.student.modeling_step import pool_embedding, series_statistics
+from pipeline.student.modeling_step import series_statistics
+from pipeline.student.pooling import check_pooling, pool_embedding
 from schemas.catalog import CatalogEntry, GeneratorSource
 from schemas.params import Params
 
@@ -111,7 +114,11 @@ def probe_score(embeddings: np.ndarray, labels: np.ndarray, train: np.ndarray, m
     """(metric score, accuracy) of a ridge probe fitted on `train` (alpha by leave-one-out on it) on the rest."""
     probe = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=alphas))
     probe.fit(embeddings[train], labels[train])
-    predicted, truth = probe.predict(embeddings[~train]), labels[~train]
+    return task_score(labels[~train], probe.predict(embeddings[~train]), metric)
+
+
+def task_score(truth: np.ndarray, predicted: np.ndarray, metric: str) -> tuple[float, float]:
+    """(the task's metric, accuracy): binary F1 (positive = label 1) or macro F1, for probes and fine-tuning."""
     if metric == "binary_f1":
         score = f1_score(truth, predicted, average="binary", pos_label=1, zero_division=0)
     else:
@@ -132,9 +139,11 @@ def interval(scores: list[float], test_train_ratio: float, confidence: float = 0
     return mean - float(half), mean + float(half)
 
 
-def teacher_embeddings(store: FeatureStore, task: ProbeTask, pooling: str, config) -> np.ndarray:
+def teacher_embeddings(store: FeatureStore, task: ProbeTask, pooling: str, config,
+                       structure: np.ndarray | None = None) -> np.ndarray:
     """Each series' cached teacher tokens (of all its segments together) pooled by the student's operator,
-    `pool_embedding`, with the series' statistics (as the student computes them) where the pooling asks."""
+    `pool_embedding`, with the series' statistics (as the student computes them) where the pooling asks, and
+    with `structure` (n, 3 (J + K)), the student's pooled fine-structure inputs, where it has `structure`."""
     name = task.name
     if name not in store.manifest.groups:
         raise ValueError(f"feature store {store.path} has no probe task {name!r}; run extract for it")
@@ -144,6 +153,12 @@ def teacher_embeddings(store: FeatureStore, task: ProbeTask, pooling: str, confi
         for tokens, count, segment_id in zip(features, n_tokens, chunk_ids):
             tokens_of.setdefault(str(segment_id).split("@")[0], []).append(tokens[:count])
     pooling = "mean" if pooling == "pooled" else pooling  # the student's LayerNorm(mean) is a mean, normalised
+    parts = check_pooling(pooling)
+    if "structure" in parts:  # computed by the student from the series, not from these tokens: appended below
+        if structure is None:
+            raise ValueError(f"pooling {pooling!r}: teacher rows need the student's pooled fine-structure inputs")
+        parts.remove("structure")
+    pooling = "+".join(parts)
     pooled = []
     for series_id, values in zip(task.ids, task.series):
         tokens = torch.from_numpy(np.concatenate(tokens_of[series_id]))[None, None]  # (1, 1, N, F)
@@ -152,8 +167,10 @@ def teacher_embeddings(store: FeatureStore, task: ProbeTask, pooling: str, confi
             statistics = series_statistics(torch.from_numpy(values)[None], torch.tensor([values.shape[1]]), config)
             statistics = statistics.mean(dim=1, keepdim=True)  # (1, 1, 2)
         mask = torch.ones(1, tokens.shape[2], dtype=torch.bool)
-        pooled.append(pool_embedding(tokens, mask, pooling, statistics=statistics)[0].numpy())
-    return np.stack(pooled)
+        pooled.append(pool_embedding(tokens, mask, pooling, statistics=statistics)[0].numpy() if pooling
+                      else np.zeros(0, np.float32))
+    pooled = np.stack(pooled)
+    return pooled if structure is None else np.concatenate([pooled, structure], axis=1)
 
 
 def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, random_student: STEPEncoder,
@@ -167,10 +184,18 @@ def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, ra
                              keep_channels=keep_channels)
         for model, encoder in (("step-distilled", distilled), ("step-random", random_student))
     }
+    has_structure = bool(distilled.config.structure_lags or distilled.config.structure_bands)
+    structure = None
+    if has_structure:  # teachers average channels, so their rows get the channel-averaged vectors
+        structure = distilled.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling="structure")
     for teacher, store in stores.items():
-        embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task, pooling, distilled.config)
+        embeddings[f"teacher:{teacher}"] = teacher_embeddings(
+            store, task, pooling, distilled.config, structure if "structure" in pooling.split("+") else None)
     rate = task.sampling_rate or 1.0  # unknown rate: band edges relative to Nyquist, whatever the unit
     embeddings["baseline-stats"] = np.stack([baseline_features(s, rate) for s in task.series])
+    if has_structure:  # the teachers' vectors already, unless a montage keeps channels apart
+        embeddings["baseline-structure"] = structure if not keep_channels else distilled.embed(
+            task.series, task.sampling_rate, batch_size=batch_size, pooling="structure", keep_channels=True)
     return embeddings
 
 

@@ -2,29 +2,41 @@
 
 The data path, per data set (one store group):
   reader (one series at a time) -> segments -> store chunks still pending (resume) -> for each chunk:
-  batches of equal-length segments -> teacher.encode -> one (chunk_segments, max_tokens, feature) array
-  -> bounded queue -> writer thread -> FeatureStore.write_chunk (features, statistics, then the done flag).
-The teacher computes chunk c+1 while the writer compresses and writes chunk c, so writing hides behind compute;
-memory is bounded by (queue_size + 2) chunks whatever the corpus size. A chunk is written whole or not at all,
-so a killed run resumes at the first chunk not flagged done and ends with the same store as an unbroken run.
+  reader thread (reads chunk c+1's series) -> batches of equal-length segments -> teacher.encode -> one
+  (chunk_segments, max_tokens, feature) array -> bounded queue -> writer thread -> FeatureStore.write_chunk
+  (features, statistics, then the done flag).
+The teacher computes chunk c while the reader thread reads chunk c+1 and the writer compresses and writes chunk
+c-1, so for a cheap teacher too reading and writing hide behind compute; the layout of groups new to the store is
+also written by the writer thread, ahead of their chunks. Memory is bounded by (queue_size + 3) chunks whatever
+the corpus size. A chunk is written whole or not at all, so a killed run resumes at the first chunk not flagged
+done and ends with the same store as an unbroken run.
 
 A store chunk is also the unit of distribution: with --workers/--scheduler, pipeline/cluster.py hands each pending
-chunk to a Dask worker, which runs the same encode_chunk and writes the chunk itself.
+chunk to a Dask worker, which runs the same encode_chunk (pipeline/chunk_encoding.py) and writes the chunk itself.
 """
 
 import logging
+import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
-import pipeline
 from data_catalog.catalog import open_reader
-from data_catalog.readers import DataError, SeriesReader
+from data_catalog.readers import SeriesReader
 from data_catalog.segments import Segment, segment_series
+from pipeline.chunk_encoding import (  # known_lengths, SegmentValues, TeacherBatchError: also imported from here
+    ChunkTask,
+    SegmentValues,
+    TeacherBatchError,
+    encode_chunk,
+    known_lengths,
+    teacher_layout,
+)
 from pipeline.feature_store import FeatureStore, store_location
 from pipeline.teachers import load_teacher
 from pipeline.teachers.base import TeacherAdapter
@@ -35,118 +47,43 @@ from schemas.params import Params
 log = logging.getLogger(__name__)
 
 
-class TeacherBatchError(RuntimeError):
-    """The teacher failed on a batch even at batch size 1; names the data set and segments."""
-
-
 class ExtractionIOError(RuntimeError):
     """Reading or writing failed with an OS error (disk full, permissions); names the store and the file."""
 
 
-def known_lengths(reader: SeriesReader) -> np.ndarray:
-    """Series lengths; formats whose header does not say (csv, wav...) are read once to find out."""
-    lengths = reader.lengths.copy()
-    for i in np.flatnonzero(lengths < 0):
-        lengths[i] = reader[int(i)].length
-    return lengths
+@dataclass(frozen=True)
+class GroupLayout:
+    """One data set's group as FeatureStore.ensure_group lays it out (or checks it)."""
 
+    name: str
+    segment_ids: list[str]
+    n_tokens: np.ndarray  # (segment,) valid tokens of each
+    token_rate: float
+    sampling_rate: float | None
 
-def store_manifest(name: str, teacher: TeacherAdapter, params: Params) -> FeatureStoreManifest:
-    """What the store must have been made with; a store with other identity fields is refused."""
-    spec = params.extract.teachers[name]
-    described = teacher.describe()
-    return FeatureStoreManifest(
-        teacher=name,
-        kind=spec.kind,
-        model_id=str(described.get("model_id", spec.kind)),
-        revision=described.get("revision"),
-        weights_sha256=described.get("weights_sha256"),
-        layer=described.get("layer"),
-        native_rate=teacher.native_rate,
-        feature_dim=teacher.feature_dim,
-        config=spec.feature_config(),
-        segment=params.segments.model_dump(),
-        package_version=pipeline.__version__,
-    )
-
-
-class SegmentValues:
-    """Values of segments, reading each series once even when it was cut into many segments.
-
-    `preload` reads the series behind a chunk of segments with one contiguous read where the reader can
-    (the series store: one Zarr read per chunk instead of one per series, ~5x less overhead).
-    """
-
-    def __init__(self, reader: SeriesReader):
-        self.reader = reader
-        self._cache: dict[int, np.ndarray] = {}
-
-    def preload(self, segments: list[Segment]) -> None:
-        first, last = segments[0].series_index, segments[-1].series_index
-        if hasattr(self.reader, "read_block"):
-            self._cache = {first + k: s.values for k, s in enumerate(self.reader.read_block(range(first, last + 1)))}
-        else:
-            self._cache = {}
-
-    def __call__(self, segment: Segment) -> np.ndarray:
-        if segment.series_index not in self._cache:
-            self._cache = {segment.series_index: self.reader[segment.series_index].values}
-        return self._cache[segment.series_index][:, segment.start : segment.stop]
-
-
-def encode_with_retry(teacher: TeacherAdapter, values: list[np.ndarray], rate: float, ids: list[str],
-                      dataset: str) -> list[np.ndarray]:
-    """Encode equal-length segments; on failure (e.g. out of memory) halve the batch, down to one segment."""
-    try:
-        features = teacher.encode(np.stack(values), rate)
-    except Exception as exc:  # any teacher failure: retry smaller, then name the segments
-        if len(values) == 1:
-            raise TeacherBatchError(
-                f"teacher {teacher.name!r} failed on data set {dataset!r}, segment {ids[0]!r}: {exc}"
-            ) from exc
-        half = len(values) // 2
-        log.warning("teacher %s failed on a batch of %d (%s); retrying as two halves", teacher.name,
-                    len(values), exc)
-        return (encode_with_retry(teacher, values[:half], rate, ids[:half], dataset)
-                + encode_with_retry(teacher, values[half:], rate, ids[half:], dataset))
-    if not np.isfinite(features).all():
-        raise TeacherBatchError(f"teacher {teacher.name!r} returned non-finite features for data set "
-                                f"{dataset!r}, segments {ids[0]!r}..{ids[-1]!r}")
-    return list(features)
-
-
-def encode_chunk(teacher: TeacherAdapter, segments: list[Segment], values_of: SegmentValues, rate: float,
-                 max_tokens: int, batch_size: int, dataset: str) -> np.ndarray:
-    """(len(segments), max_tokens, feature) float32, NaN beyond each segment's tokens.
-
-    Segments are grouped by exact length, so a batch never pads (the long set has one odd-length last piece).
-    """
-    out = np.full((len(segments), max_tokens, teacher.feature_dim), np.nan, dtype=np.float32)
-    values_of.preload(segments)
-    by_length: dict[int, list[int]] = {}
-    for row, segment in enumerate(segments):
-        by_length.setdefault(segment.length, []).append(row)
-    for rows in by_length.values():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            values = [values_of(segments[row]) for row in batch]
-            features = encode_with_retry(teacher, values, rate, [segments[r].id for r in batch], dataset)
-            for row, tokens in zip(batch, features):
-                out[row, : tokens.shape[0]] = tokens
-    return out
+    def apply(self, store: FeatureStore) -> None:
+        store.ensure_group(self.name, self.segment_ids, self.n_tokens, self.token_rate, self.sampling_rate)
 
 
 @dataclass
 class WriterThread:
-    """Writes finished chunks in the background; re-raises the writer's error in the main thread."""
+    """Writes finished chunks in the background; re-raises the writer's error in the main thread.
+
+    A group in `new_groups` is laid out by this thread just before its first chunk is written, so layouts too are
+    written behind compute, and those still left when the run stops (it failed, say) at close: as before, a
+    stopped run leaves every group laid out. A run killed in between resumes like any other (ensure_group redoes
+    a layout cut short).
+    """
 
     store: FeatureStore
     queue_size: int
+    new_groups: list[GroupLayout] = field(default_factory=list)
 
     def __post_init__(self):
         self.queue: queue.Queue = queue.Queue(maxsize=self.queue_size)
         self.error: BaseException | None = None
         self.seconds_writing = 0.0
+        self._layouts_to_write = {layout.name: layout for layout in self.new_groups}
         self.thread = threading.Thread(target=self._run, name="feature-store-writer", daemon=True)
         self.thread.start()
 
@@ -155,10 +92,18 @@ class WriterThread:
             if self.error is None:
                 try:
                     start = time.perf_counter()
+                    group = item[0]
+                    if group in self._layouts_to_write:
+                        self._layouts_to_write.pop(group).apply(self.store)
                     self.store.write_chunk(*item)
                     self.seconds_writing += time.perf_counter() - start
                 except BaseException as exc:  # surfaced by put()/close() in the main thread
                     self.error = exc
+        try:
+            while self.error is None and self._layouts_to_write:
+                self._layouts_to_write.pop(next(iter(self._layouts_to_write))).apply(self.store)
+        except BaseException as exc:
+            self.error = exc
 
     def put(self, group: str, chunk: int, features: np.ndarray) -> None:
         if self.error is not None:
@@ -182,17 +127,6 @@ class DatasetSegments:
     sampling_rate: float | None  # None: unknown (the catalog says so); teachers take the samples as they are
 
 
-@dataclass(frozen=True)
-class ChunkTask:
-    """One store chunk to compute: the unit of work, of resume and of distribution over workers."""
-
-    entry: CatalogEntry
-    chunk: int
-    segments: list[Segment]
-    sampling_rate: float | None
-    max_tokens: int
-
-
 def segment_datasets(entries: list[CatalogEntry], catalog: Catalog, series_store: str,
                      max_samples: int) -> list[DatasetSegments]:
     """Open each data set's reader and cut its series into segments (ids and lengths only, no values)."""
@@ -208,55 +142,56 @@ def segment_datasets(entries: list[CatalogEntry], catalog: Catalog, series_store
     return datasets
 
 
-def teacher_layout(teacher: TeacherAdapter, name: str, params: Params,
-                   requests: list[tuple[str, float, list[int]]]) -> tuple[FeatureStoreManifest, dict]:
-    """What only the teacher knows: the store manifest and, per data set, its token grid.
+def plan_chunks(store: FeatureStore, datasets: list[DatasetSegments],
+                layouts: dict) -> tuple[list[ChunkTask], list[GroupLayout]]:
+    """The chunks still to compute, and the layouts of the groups new to the store (for the caller to write).
 
-    requests: (data set, sampling rate, distinct segment lengths). Returns (manifest,
-    {data set: ({length: n_tokens}, token_rate)}). On a cluster this runs on a worker, so the driver
-    never loads the teacher.
+    A group the store already has is checked against the request here (a mismatch is refused before any teacher
+    runs) and gives its pending chunks. A group new to it has every chunk pending; its request is checked here
+    too, but its layout, ~0.1 s of small writes per group, is left to the caller, who can write it behind compute.
     """
-    layouts = {}
-    for dataset, rate, lengths in requests:
-        token_rates = {teacher.token_rate(rate, length) for length in lengths}
-        if len(token_rates) > 1:  # a teacher that decimates by a length-dependent factor, on mixed lengths
-            raise DataError(
-                f"data set {dataset!r}: teacher {teacher.name!r} gives its segments different token rates "
-                f"{sorted(token_rates)} (lengths {min(lengths)}..{max(lengths)} are decimated differently); one "
-                "store group needs one token grid: disable the teacher's decimation (e.g. fracast max_steps: "
-                "null) or cut the series to one length"
-            )
-        layouts[dataset] = ({length: teacher.num_tokens(length, rate) for length in lengths}, token_rates.pop())
-    return store_manifest(name, teacher, params), layouts
-
-
-def lay_out_groups(store: FeatureStore, datasets: list[DatasetSegments], layouts: dict) -> list[ChunkTask]:
-    """Lay out every group in the store (segments, token counts) and list the chunks still to compute."""
-    tasks = []
+    tasks, new_groups = [], []
+    chunk_segments = store.manifest.compression.chunk_segments
     for dataset in datasets:
         tokens_of_length, token_rate = layouts[dataset.entry.name]
         n_tokens = np.array([tokens_of_length[s.length] for s in dataset.segments])
-        store.ensure_group(dataset.entry.name, [s.id for s in dataset.segments], n_tokens, token_rate,
-                           dataset.sampling_rate)
-        max_tokens = store.manifest.groups[dataset.entry.name].max_tokens
-        for chunk in store.pending_chunks(dataset.entry.name):
-            rows = store.chunk_slice(dataset.entry.name, chunk)
+        layout = GroupLayout(dataset.entry.name, [s.id for s in dataset.segments], n_tokens, token_rate,
+                             dataset.sampling_rate)
+        if layout.name in store.manifest.groups:
+            layout.apply(store)
+            chunks = store.pending_chunks(layout.name)
+        else:  # never laid out whole, so no chunk of it was written (ensure_group records a group last)
+            store.check_group_request(layout.name, layout.segment_ids, n_tokens, token_rate, layout.sampling_rate)
+            new_groups.append(layout)
+            chunks = range(math.ceil(len(dataset.segments) / chunk_segments))
+        max_tokens = int(n_tokens.max())
+        for chunk in chunks:
+            rows = slice(chunk * chunk_segments, (chunk + 1) * chunk_segments)  # the last chunk may be shorter
             tasks.append(ChunkTask(dataset.entry, chunk, dataset.segments[rows], dataset.sampling_rate, max_tokens))
-    return tasks
+    return tasks, new_groups
 
 
-def write_chunks_here(teacher: TeacherAdapter, store: FeatureStore, tasks: list[ChunkTask],
-                      datasets: list[DatasetSegments], batch_size: int, queue_size: int,
+def write_chunks_here(teacher: TeacherAdapter, store: FeatureStore, new_groups: list[GroupLayout],
+                      tasks: list[ChunkTask], datasets: list[DatasetSegments], batch_size: int, queue_size: int,
                       progress: tqdm) -> float:
-    """Compute the chunks in this process, writing behind a bounded queue; returns seconds spent writing."""
+    """Compute the chunks in this process: each chunk's series read ahead by a reader thread, the new groups'
+    layouts and the chunks written behind a bounded queue by a writer thread. Returns seconds spent writing."""
     values_of = {d.entry.name: SegmentValues(d.reader) for d in datasets}
-    writer = WriterThread(store, queue_size)
+    writer = WriterThread(store, queue_size, new_groups)
     try:
-        for task in tasks:
-            features = encode_chunk(teacher, task.segments, values_of[task.entry.name], task.sampling_rate,
-                                    task.max_tokens, batch_size, task.entry.name)
-            writer.put(task.entry.name, task.chunk, features)
-            progress.update(len(task.segments))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="series-reader") as reader:
+
+            def read(task: ChunkTask):
+                return reader.submit(values_of[task.entry.name].read, task.segments)
+
+            upcoming = read(tasks[0]) if tasks else None
+            for index, task in enumerate(tasks):
+                read_ahead = upcoming.result()  # a read error (DataError, OSError) surfaces here, for this chunk
+                upcoming = read(tasks[index + 1]) if index + 1 < len(tasks) else None
+                features = encode_chunk(teacher, task.segments, values_of[task.entry.name], task.sampling_rate,
+                                        task.max_tokens, batch_size, task.entry.name, read_ahead)
+                writer.put(task.entry.name, task.chunk, features)
+                progress.update(len(task.segments))
     finally:
         writer.close()
     return writer.seconds_writing
@@ -284,9 +219,9 @@ def extract(name: str, params: Params, catalog: Catalog, entries: list[CatalogEn
         teacher = load_teacher(name, spec)
         manifest, layouts = teacher_layout(teacher, name, params, requests)
 
-        def write_chunks(store, tasks, progress):
-            return write_chunks_here(teacher, store, tasks, datasets, spec.batch_size, params.extract.queue_size,
-                                     progress)
+        def write_chunks(store, new_groups, tasks, progress):
+            return write_chunks_here(teacher, store, new_groups, tasks, datasets, spec.batch_size,
+                                     params.extract.queue_size, progress)
 
         return _extract_into(path, manifest, layouts, datasets, params, overwrite, write_chunks, started)
 
@@ -295,7 +230,9 @@ def extract(name: str, params: Params, catalog: Catalog, entries: list[CatalogEn
     with cluster.dask_client(scheduler, workers) as client:
         manifest, layouts = cluster.load_teacher_on_workers(client, name, spec, params, requests)
 
-        def write_chunks(store, tasks, progress):
+        def write_chunks(store, new_groups, tasks, progress):
+            for layout in new_groups:  # laid out before any worker opens the store
+                layout.apply(store)
             return cluster.write_chunks_on_workers(client, store, tasks, catalog, params.prepare.series_store,
                                                    spec.batch_size, progress)
 
@@ -307,10 +244,10 @@ def _extract_into(path: str, manifest: FeatureStoreManifest, layouts: dict, data
     """Open (or resume) the store, compute its pending chunks with `write_chunks`, finalize."""
     try:
         with FeatureStore.create_or_open(path, manifest, params.extract.compression, overwrite=overwrite) as store:
-            tasks = lay_out_groups(store, datasets, layouts)
+            tasks, new_groups = plan_chunks(store, datasets, layouts)
             total = sum(len(task.segments) for task in tasks)
             with tqdm(total=total, desc=f"extract {manifest.teacher}", unit="seg", dynamic_ncols=True) as progress:
-                seconds_writing = write_chunks(store, tasks, progress)
+                seconds_writing = write_chunks(store, new_groups, tasks, progress)
             final = store.finalize()
     except OSError as exc:  # disk full, no permission, a lost mount: say where, and that nothing done is lost
         if isinstance(exc, FileNotFoundError):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data_catalog.catalog import load_catalog
 from pipeline.distill.loader import pad_series
 from pipeline.distill.train import learning_rate
-from pipeline.evaluate import ProbeTask, load_task, probe_splits
+from pipeline.evaluate import ProbeTask, load_task, probe_splits, task_score
 from pipeline.student import STEPEncoder
 from schemas.params import FinetuneParams, Params
 
@@ -69,8 +69,6 @@ def predict(model: STEPEncoder, head: torch.nn.Linear, task: ProbeTask, rows: np
 
 def run_finetune(params: Params) -> dict:
     """Fine-tune the distilled and a random-weight student on every task; write reports/finetune_metrics.json."""
-    from sklearn.metrics import accuracy_score, f1_score
-
     config = params.finetune
     catalog = load_catalog(params.prepare.catalog)
     names = config.datasets or [e.name for e in catalog.datasets if e.role == "probe"]
@@ -92,10 +90,9 @@ def run_finetune(params: Params) -> dict:
             for model_name, start in starts.items():
                 model, head, losses = finetune(start, task, train, config)
                 predicted = predict(model, head, task, np.flatnonzero(~train))
-                average = "binary" if task.entry.probe.metric == "binary_f1" else "macro"
-                scores[model_name].setdefault(name, []).append(
-                    float(f1_score(truth, predicted, average=average, zero_division=0)))
-                accuracy[model_name].setdefault(name, []).append(float(accuracy_score(truth, predicted)))
+                score, correct = task_score(truth, predicted, task.entry.probe.metric)
+                scores[model_name].setdefault(name, []).append(score)
+                accuracy[model_name].setdefault(name, []).append(correct)
                 if split == 0:
                     curves[(model_name, name)] = losses
         log.info("%s: %s", name, {m: round(float(np.mean(s[name])), 3) for m, s in scores.items()})

@@ -24,6 +24,63 @@ class PrepareParams(Section):
     chunk_samples: int = Field(262144, ge=1024, description="Samples per chunk along time in the series store.")
 
 
+class CorpusSource(Section):
+    """How many series one pretraining data set of the catalog contributes, and how long they are."""
+
+    segments: int = Field(ge=1, description="Series drawn from this source (before `corpus.scale`).")
+    min_length: int | None = Field(None, ge=2, description="Shortest series in samples (None: the catalog's).")
+    max_length: int | None = Field(None, ge=2, description="Longest series in samples (None: the catalog's); "
+                                   "lengths are log-uniform in between.")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_length and self.max_length and self.min_length > self.max_length:
+            raise ValueError(f"min_length {self.min_length} > max_length {self.max_length}")
+        return self
+
+
+# The broad corpus's sources in data_catalog/catalog.yaml (generators in data_catalog/generators/): series drawn
+# per source and their lengths in samples. The catalog declares the same numbers; these win. Each source's lengths
+# stay within one decimation band of fracast (ceil(length / 2048) constant), since a teacher that decimates long
+# inputs by a length-dependent factor needs one factor per data set (one token grid per store group); together
+# the bands cover 16 to 16384 samples, plus 2**20 for the long source. `prepare` checks this against the teachers.
+DEFAULT_CORPUS_SOURCES = {
+    "corpus_kernel_synth": {"segments": 150, "min_length": 32, "max_length": 2048},
+    "corpus_shapes": {"segments": 120, "min_length": 16, "max_length": 2048},
+    "corpus_shapes_100hz": {"segments": 50, "min_length": 2049, "max_length": 4096},
+    "corpus_shapes_16khz": {"segments": 50, "min_length": 14337, "max_length": 16384},
+    "corpus_mixup": {"segments": 100, "min_length": 32, "max_length": 2048},
+    "corpus_ecg": {"segments": 40, "min_length": 6145, "max_length": 8192},
+    "corpus_ppg": {"segments": 30, "min_length": 2049, "max_length": 4096},
+    "corpus_respiration": {"segments": 30, "min_length": 512, "max_length": 2048},
+    "corpus_emg": {"segments": 30, "min_length": 8193, "max_length": 10240},
+    "corpus_eda": {"segments": 30, "min_length": 64, "max_length": 2048},
+    "corpus_seismic_real": {"segments": 60, "min_length": 2049, "max_length": 4096},
+    "corpus_multichannel_3": {"segments": 40, "min_length": 64, "max_length": 2048},
+    "corpus_multichannel_8": {"segments": 30, "min_length": 2049, "max_length": 4096},
+    "corpus_multichannel_32": {"segments": 15, "min_length": 64, "max_length": 2048},
+    "corpus_long": {"segments": 2, "min_length": 1048576, "max_length": 1048576},
+}
+
+
+class CorpusParams(Section):
+    """The distillation corpus's size: the catalog declares the pretraining sources, these numbers size them."""
+
+    scale: float = Field(
+        1.0, gt=0,
+        description="Multiplies the series count of every generated pretraining data set (the in-domain pretrain_* "
+        "sets too; at least 1 each): 0.1 for a quick run, 100 for about 1e5 series. Prepare, extraction and "
+        "distillation all stream, so memory stays bounded.",
+    )
+    sources: dict[str, CorpusSource] = Field(
+        default_factory=lambda: {name: CorpusSource(**spec) for name, spec in DEFAULT_CORPUS_SOURCES.items()},
+        description="Per catalog pretraining data set: series count and length range (overrides the catalog's). "
+        "A name missing from the catalog is skipped with a warning; a probe set is refused. A range must keep "
+        "every teacher's token grid fixed within the set (`prepare` checks it): e.g. fracast's ceil(length / "
+        "max_steps) must not change over it.",
+    )
+
+
 class SegmentParams(Section):
     max_samples: int = Field(
         131072, ge=16,
@@ -78,13 +135,20 @@ class DistillParams(Section):
         description="Weight of the summary loss: the student's mean+std pooled tokens, through a summary head per "
         "teacher, against that teacher's mean+std pooled standardised targets (0: off).",
     )
+    structure_weight: float = Field(
+        1.0, ge=0,
+        description="Weight of the structure loss: a head on each final token predicts that token's own fine-structure "
+        "inputs (lag increments, octave band powers; smooth-L1 in log units), so the student keeps what its input said "
+        "at every scale even where no teacher asks for it (0: off, the paper's objective; > 0 needs a student with "
+        "structure_lags or structure_bands).",
+    )
     max_target_tokens: int = Field(
         256, ge=1,
         description="A teacher grid with more tokens than this (long segments) is average-pooled by the smallest "
         "integer factor that fits, so the student's forced token count and attention stay bounded.",
     )
     batch_size: int = Field(16, ge=1, description="Segments per step.")
-    max_steps: int = Field(600, ge=1, description="Optimisation steps.")
+    max_steps: int = Field(1200, ge=1, description="Optimisation steps (1200 fit the 20-minute default on 2 cores).")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps before the cosine decay.")
@@ -147,6 +211,7 @@ class Params(Section):
     """The whole params.yaml."""
 
     prepare: PrepareParams = Field(default_factory=PrepareParams, description="`step-pipeline prepare`.")
+    corpus: CorpusParams = Field(default_factory=CorpusParams, description="Size of the pretraining corpus.")
     segments: SegmentParams = Field(default_factory=SegmentParams, description="Segmenting of long series.")
     extract: ExtractParams = Field(description="`step-pipeline extract`.")
     student: StudentParams = Field(default_factory=StudentParams, description="The student architecture.")

@@ -62,6 +62,7 @@ def tiny_params(root: Path) -> dict:
         "prepare": {"catalog": str(root / "catalog.yaml"), "series_store": str(root / "data/series.zarr"),
                     "chunk_samples": 8192},
         "segments": {"max_samples": 8192},
+        "corpus": {"scale": 1.0, "sources": {}},
         "extract": {"store_dir": str(root / "data/features"), "datasets": None,
                     "compression": {"chunk_segments": 8},
                     "teachers": {"silero_vad": {"kind": "silero_vad"}, "fracast": {"kind": "fracast"},

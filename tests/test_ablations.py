@@ -16,12 +16,35 @@ def experiment(name: str, mean: float, real: float, wall: float) -> dict:
 
 def test_table_has_a_row_per_variant_with_intervals_and_wall_time():
     shown = [{"rev": "workspace", "name": None, "data": {"metrics": {}},
-              "experiments": [{"revs": [experiment("summary-1", 0.45, 0.6, 300.0)]},
+              "experiments": [{"revs": [experiment("no-summary", 0.45, 0.6, 300.0)]},
                               {"revs": [experiment("default", 0.41, 0.57, 290.0)]},
                               {"revs": [experiment("not-a-variant", 0.9, 0.9, 1.0)]}]}]
     lines = table(shown).splitlines()
     assert lines[0].startswith("| variant | overrides | generated mean F1")
     assert lines[2] == "| default | (params.yaml) | 0.410 ±0.020 | 0.570 ±0.100 | 0.620 | 290.0 |"  # declared order
-    assert lines[3].startswith("| summary-1 | distill.summary_weight=1.0 | 0.450 ±0.020 |")
+    assert lines[3].startswith("| no-summary | distill.summary_weight=0.0 | 0.450 ±0.020 |")
     assert len(lines) == 4 and "not-a-variant" not in "".join(lines)
     assert list(ABLATIONS)[0] == "default" and ABLATIONS["default"] == []
+
+
+def test_every_variant_applies_to_the_committed_params_and_validates(tmp_path):
+    """The overrides go through DVC's own Hydra parser (what `dvc exp run -S` uses) and give valid params that differ
+    from the default: a misspelt key or a key missing its `+` would fail here, not an hour into a run."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+
+    from schemas.params import Params
+
+    root = Path(__file__).resolve().parents[1]
+    default = Params.model_validate(yaml.safe_load((root / "params.yaml").read_text()))
+    for name, overrides in ABLATIONS.items():
+        path = tmp_path / f"{name}.yaml"
+        shutil.copy(root / "params.yaml", path)
+        apply_overrides(path, overrides)
+        params = Params.model_validate(yaml.safe_load(path.read_text()))
+        assert (params == default) == (name == "default"), name
+    in_domain = yaml.safe_load((tmp_path / "in-domain-corpus.yaml").read_text())["distill"]["datasets"]
+    assert in_domain and all(name.startswith("pretrain_") for name in in_domain)

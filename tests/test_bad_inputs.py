@@ -94,7 +94,8 @@ def test_constant_zero_one_sample_integer_and_boolean_series_give_finite_feature
         for row, n in enumerate(n_tokens):
             assert np.isfinite(features[row, :n]).all(), f"{teacher}: {ids[row]} has non-finite features"
     embeddings = tiny_student.embed([s.values for s in reader])
-    assert embeddings.shape == (len(series), 3 * 32 + 2) and np.isfinite(embeddings).all()  # mean+std+max+stats
+    # mean+std+max (hidden 32), stats (2), structure (mean, std, max of 8 lags + 8 bands)
+    assert embeddings.shape == (len(series), 3 * 32 + 2 + 3 * 16) and np.isfinite(embeddings).all()
     record(bad_inputs=len(series))
 
 

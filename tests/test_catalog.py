@@ -305,7 +305,8 @@ def test_unknown_rate_and_montage_are_catalog_values(tmp_path):
         CatalogEntry.model_validate(entry | {"channel_names": ["C3"]})
     catalog = load_catalog(ROOT / "data_catalog/catalog.yaml")
     assert catalog.get("wbcic_like").channel_names[7] == "C3"
-    assert {e.name for e in catalog.datasets if e.rate_unknown} == {"ucr_arrowhead", "ucr_osuleaf", "ucr_pickupgesture"}
+    assert {e.name for e in catalog.datasets if e.rate_unknown and e.role == "probe"} == {
+        "ucr_arrowhead", "ucr_osuleaf", "ucr_pickupgesture"}
     # a file that states a rate contradicts a declared unknown rate
     import soundfile
 

@@ -146,6 +146,28 @@ def test_first_validation_loss_is_taken_before_training(extracted_project, tmp_p
     assert rows[1].startswith("0,")  # step 0: the untrained student
 
 
+def test_validation_loss_per_source_and_memory_are_reported(extracted_project, tmp_path):
+    """Every training data set with held-out segments gets its own validation loss (and they average to the
+    overall one, weighted by segments); resident memory is recorded at every validation."""
+    root, params_path = extracted_project
+    metrics = distill(params_in(root, params_path, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
+                                reports_dir=str(tmp_path / "r")))
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "r/distill/val_loss_by_source.csv")))
+    final = [r for r in rows if int(r["step"]) == metrics["steps"]]
+    assert {r["dataset"] for r in final} == set(metrics["val_loss_by_source"]) and len(final) >= 1
+    for row in final:
+        assert metrics["val_loss_by_source"][row["dataset"]] == pytest.approx(float(row["total"]), abs=1e-5)
+    overall = metrics["val_loss"]["total"]
+    per_source = [float(r["total"]) for r in final]
+    assert min(per_source) - 1e-6 <= overall <= max(per_source) + 1e-6  # a weighted mean of the sources'
+    memory = list(csv.DictReader(open(tmp_path / "r/distill/memory.csv")))
+    assert [int(r["step"]) for r in memory] == [0, 3, 6] and all(float(r["rss_gb"]) > 0.05 for r in memory)
+    assert metrics["peak_rss_gb"] == max(float(r["rss_gb"]) for r in memory)
+    assert (tmp_path / "r/distill/val_loss_by_source.png").stat().st_size > 1000
+
+
 def test_summary_loss_trains_its_own_heads(extracted_project, tmp_path):
     root, params_path = extracted_project
     metrics = distill(params_in(root, params_path, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
@@ -153,6 +175,45 @@ def test_summary_loss_trains_its_own_heads(extracted_project, tmp_path):
     assert np.isfinite(metrics["val_loss"]["total"])
     weights = load_file(tmp_path / "c/latest/weights.safetensors")
     assert any(k.startswith("heads.summary_heads.spectral") for k in weights)
+
+
+def test_structure_loss_trains_its_own_head_and_needs_fine_structure(extracted_project, tmp_path):
+    root, params_path = extracted_project
+    params = params_in(root, params_path, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
+                       reports_dir=str(tmp_path / "r"), structure_weight=1.0)
+    params.student.overrides |= {"structure_lags": 0, "structure_bands": 0, "embedding_pooling": "mean+std+max+stats"}
+    with pytest.raises(ValueError, match="structure_weight.*structure_bands"):
+        distill(params)
+    params.student.overrides |= {"structure_lags": 2, "structure_bands": 3}
+    metrics = distill(params)
+    import csv
+
+    final = list(csv.DictReader(open(tmp_path / "r/distill/val_loss.csv")))[-1]
+    assert float(final["structure"]) > 0 and np.isfinite(metrics["val_loss"]["total"])
+    head = load_file(tmp_path / "c/latest/weights.safetensors")["heads.structure_head.1.weight"]
+    assert head.shape[0] == 2 + 3  # one output per lag and per band
+
+
+def test_structure_loss_is_zero_when_the_head_reads_the_inputs_back():
+    from pipeline.distill.objective import DistillationObjective, TeacherHeads
+    from pipeline.student.modeling_step import STEPEncoderOutput
+
+    heads = TeacherHeads(hidden_size=4, feature_dims={}, structure_dim=4)
+    objective = DistillationObjective(heads, {}, "interpolate", 1.0, 1.0, 1.0, 0.1, structure_weight=1.0)
+    fine_structure = torch.randn(2, 3, 5, 4)  # (B, C, N, J + K)
+    with torch.no_grad():  # LayerNorm off (weight 1, bias 0 already; eps aside), Linear = 8 * identity
+        heads.structure_head[0].weight.fill_(1.0)
+        heads.structure_head[1].weight.copy_(8 * torch.eye(4))
+        heads.structure_head[1].bias.zero_()
+    tokens = torch.nn.functional.layer_norm(fine_structure, (4,))  # what the LayerNorm gives back
+    out = STEPEncoderOutput(last_hidden_state=tokens, token_mask=torch.ones(2, 5, dtype=torch.bool),
+                            fine_structure=tokens)
+    assert objective.structure_loss(out).item() == pytest.approx(0.0, abs=1e-6)
+    out.fine_structure = tokens + 0.5 / 8  # half a log unit off everywhere: smooth-L1(0.5, beta 1) = 0.125
+    assert objective.structure_loss(out).item() == pytest.approx(0.125, rel=1e-4)
+    out.token_mask = torch.tensor([[True] * 5, [True, False, False, False, False]])
+    out.fine_structure[1, :, 1:] += 10.0  # errors at padded tokens do not count
+    assert objective.structure_loss(out).item() == pytest.approx(0.125, rel=1e-4)
 
 
 def test_alignment_interpolates_on_token_centre_times_not_indices():

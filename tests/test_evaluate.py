@@ -94,7 +94,7 @@ def evaluated(extracted_project):
 def test_evaluate_scores_every_model_on_the_same_splits_with_real_rows(evaluated):
     root, params_path, summary, seen = evaluated
     models = {"step-distilled", "step-random", "teacher:silero_vad", "teacher:fracast", "teacher:spectral",
-              "baseline-stats"}
+              "baseline-stats", "baseline-structure"}  # the cpu-small preset has fine structure
     assert set(summary) == models
     # every model was probed on the same 3 splits of each of the 3 tasks
     assert len(seen) == 3 * len(models) * 3
@@ -149,6 +149,13 @@ def test_teacher_rows_pool_every_token_of_every_segment_of_a_series(extracted_pr
     assert pooled.shape == (len(probe.ids), 2 * store.manifest.feature_dim + 2)
     np.testing.assert_allclose(pooled[3], expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(teacher_embeddings(store, probe, "pooled", config)[3], tokens.mean(axis=0), rtol=1e-5)
+    # `structure`: the student's pooled fine-structure inputs, given, appended to the teacher's own pooling
+    structure = np.random.default_rng(0).standard_normal((len(probe.ids), 6)).astype(np.float32)
+    with_structure = teacher_embeddings(store, probe, "mean+std+stats+structure", config, structure)
+    np.testing.assert_allclose(with_structure[:, :-6], pooled, rtol=1e-6)
+    np.testing.assert_array_equal(with_structure[:, -6:], structure)
+    with pytest.raises(ValueError, match="fine-structure"):
+        teacher_embeddings(store, probe, "mean+structure", config)
     assert probe.sampling_rate is None and probe.real  # the unknown rate reached the probe as None
 
 

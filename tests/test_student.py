@@ -12,11 +12,12 @@ from data_catalog.series import Series
 from pipeline import STEPConfig, STEPEncoder
 from pipeline.embed import embed_to_store, series_from_file
 from pipeline.student.configuration_step import PRESETS
-from pipeline.student.modeling_step import gaussian_windows, normalise_channels, patching_penalty, signed_log
+from pipeline.student.fine_structure import window_band_powers, window_structure
+from pipeline.student.modeling_step import STEPBlock, gaussian_windows, normalise_channels, patching_penalty, signed_log
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-    patch_points=8, front_end_channels=8,
+    patch_points=8, front_end_channels=8, structure_bands=3,  # band powers on, so every model-level test covers them
 )
 
 
@@ -159,6 +160,111 @@ def test_window_points_are_sub_interval_means():
     assert (untapered[~inside] == 0).all()  # outside the series reads as 0
 
 
+def test_window_structure_is_the_mean_squared_increment_inside_each_window():
+    config = STEPConfig(**TINY, structure_lags=4)
+    signal = torch.randn(1, 2, 300, dtype=torch.float64)
+    length, stride = 250, 10.0  # samples 250..299 are padding, zero as normalise_channels leaves them
+    signal[..., length:] = 0.0
+    features = window_structure(signal, torch.tensor([length]), torch.tensor([stride], dtype=torch.float64), 25,
+                                config)  # (1, 2, 25, 4)
+    assert features.shape == (1, 2, 25, 4)
+    for token in (0, 7, 24):  # first (clipped at 0), middle, last (clipped at the length)
+        centre, span = (token + 0.5) * stride, 2 * stride
+        start, end = int(max(centre - span / 2, 0)), int(min(centre + span / 2, length))
+        for j, lag in enumerate((1, 2, 4, 8)):
+            pairs = np.arange(start, min(end, length - lag))  # both samples of a pair inside the series
+            x = signal[0].numpy()
+            expected = np.log(((x[:, pairs + lag] - x[:, pairs]) ** 2).mean(axis=1) + 1e-6) / 8
+            np.testing.assert_allclose(features[0, :, token, j].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_window_structure_sees_what_resampling_averages_away():
+    """A Nyquist-rate oscillation disappears from the P-point patches of long windows, not from the structure."""
+    config = STEPConfig(**TINY, structure_lags=3)
+    t = torch.arange(4096, dtype=torch.float64)
+    slow = torch.sin(2 * torch.pi * t / 1024)[None, None]
+    fast = slow + 0.3 * (-1.0) ** t  # the same series with a sample-to-sample alternation on top
+    lengths, strides = torch.tensor([4096]), torch.tensor([64.0], dtype=torch.float64)
+    patches = [gaussian_windows(x, lengths, strides, 64, config) for x in (slow, fast)]
+    structure = [window_structure(x, lengths, strides, 64, config) for x in (slow, fast)]
+    assert (patches[1] - patches[0]).abs().max() < 0.02  # P = 8 points of 16-sample means: the alternation is gone
+    assert (structure[1][..., 0] - structure[0][..., 0]).min() > 0.5  # lag 1: log(0.36) vs log(~4e-5), over 8
+
+
+def test_window_band_powers_match_a_numpy_periodogram_per_window():
+    config = STEPConfig(**{**TINY, "structure_bands": 4})
+    signal = torch.zeros(2, 1, 300, dtype=torch.float64)
+    signal[0, :, :250] = torch.randn(1, 250, dtype=torch.float64)  # series 0 has 250 samples, then padding
+    signal[1] = torch.randn(1, 300, dtype=torch.float64)
+    lengths, strides = torch.tensor([250, 300]), torch.tensor([10.0, 12.5], dtype=torch.float64)
+    num_tokens = torch.tensor([25, 24])
+    features = window_band_powers(signal, lengths, strides, num_tokens, config)  # (2, 1, 25, 4)
+    assert features.shape == (2, 1, 25, 4)
+    for b in range(2):
+        x, stride, width = signal[b, 0, : int(lengths[b])].numpy(), float(strides[b]), round(2 * float(strides[b]))
+        taper = np.hanning(width)
+        freqs = np.fft.rfftfreq(width)
+        for token in (0, 5, int(num_tokens[b]) - 1):  # first and last read edge samples beyond the series
+            start = round((token + 0.5) * stride - width / 2)
+            frame = x[np.clip(np.arange(start, start + width), 0, len(x) - 1)]
+            power = np.abs(np.fft.rfft((frame - frame.mean()) * taper)) ** 2
+            for k in range(4):
+                in_band = (freqs >= 0.5 / 2 ** (k + 1)) & ((freqs < 0.5 / 2**k) | (k == 0))
+                if not in_band.any():  # 20- or 25-sample windows have no bin in the 4th octave (0.031-0.0625)
+                    assert features[b, 0, token, k] == pytest.approx(np.log(1e-6) / 8)
+                    continue
+                expected = np.log(2 * power[in_band].sum() / (width * (taper**2).sum()) + 1e-6) / 8
+                assert features[b, 0, token, k].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert (features[0, :, 25:] == np.log(1e-6) / 8).all() and (features[1, :, 24:] == np.log(1e-6) / 8).all()
+
+
+def test_window_band_powers_put_a_weak_tone_in_its_own_octave():
+    """A weak tone at 0.1 cycles/sample under loud low-frequency noise raises the power of its octave, and only
+    there, in the tokens where it sounds."""
+    config = STEPConfig(**{**TINY, "structure_bands": 5})
+    torch.manual_seed(0)
+    t = torch.arange(8192, dtype=torch.float64)
+    noise = torch.cumsum(torch.randn(8192, dtype=torch.float64), 0)  # random walk: power ~ 1 / f^2
+    noise = (noise - noise.mean()) / noise.std()
+    tone = torch.where((t >= 4096) & (t < 6144), 0.05 * torch.sin(2 * torch.pi * 0.1 * t), 0.0)
+    lengths, strides, num_tokens = torch.tensor([8192]), torch.tensor([128.0], dtype=torch.float64), torch.tensor([64])
+    bands = window_band_powers((noise + tone)[None, None], lengths, strides, num_tokens, config)[0, 0]  # (64, 5)
+    with_tone, without = slice(34, 46), slice(4, 28)  # tokens well inside and well outside the tone
+    jump = bands[with_tone].mean(dim=0) - bands[without].mean(dim=0)  # (5,)
+    assert jump[2] > 0.25  # octave 0.0625-0.125 cycles/sample: log power up by more than 2 (over 8)
+    assert jump[[0, 1, 3, 4]].abs().max() < 0.05  # the other octaves do not see it
+
+
+def test_structure_lags_switch_and_bounds():
+    with_structure, without = tiny_model(structure_lags=6), tiny_model(structure_lags=0, structure_bands=0)
+    assert with_structure.structure_embedding.in_features == 6 and without.structure_embedding is None
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="structure_lags"):
+        STEPConfig(**TINY, structure_lags=-1)
+    with_bands = tiny_model(structure_bands=5)
+    assert with_bands.band_embedding.in_features == 5 and without.band_embedding is None
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="structure_bands"):
+        STEPConfig(**{**TINY, "structure_bands": 25})
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="stats_compensation is off"):
+        STEPConfig(**{**TINY, "stats_compensation": False})  # the default pooling appends statistics
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="no fine-structure inputs"):
+        STEPConfig(**{**TINY, "structure_bands": 0, "embedding_pooling": "mean+structure"})
+
+
+def test_one_channel_shortcut_equals_full_channel_attention():
+    block = STEPBlock(STEPConfig(**TINY)).eval()
+    hidden, mask = torch.randn(3, 1, 9, 32), torch.rand(3, 9) > 0.2
+    mask[:, 0] = True
+    with torch.no_grad():
+        shortcut = block(hidden, mask)
+        # the general path: attention over a sequence of one channel
+        x = block.time_norm(hidden).reshape(3, 9, 32)
+        reference = hidden + block.time_attention(x, key_mask=mask).view(3, 1, 9, 32)
+        x = block.channel_norm(reference).transpose(1, 2).reshape(27, 1, 32)
+        reference = reference + block.channel_attention(x).view(3, 9, 1, 32).transpose(1, 2)
+        reference = reference + block.mlp(block.mlp_norm(reference))
+    torch.testing.assert_close(shortcut, reference, atol=1e-6, rtol=1e-5)
+
+
 def test_penalties_zero_inside_bounds_positive_outside():
     config = STEPConfig(**TINY)
     lengths = torch.tensor([100 * 50, 1000 * 50, 2 * 3, 10 * 300])
@@ -276,7 +382,7 @@ def test_adaptive_patching_switch():
 
 
 def test_stats_compensation_switch():
-    with_stats, without = tiny_model(), tiny_model(stats_compensation=False)
+    with_stats, without = tiny_model(), tiny_model(stats_compensation=False, embedding_pooling="mean+std+max")
     assert hasattr(with_stats, "statistics_embedding") and with_stats.statistics_embedding is not None
     assert without.statistics_embedding is None
     assert sum(p.numel() for p in with_stats.parameters()) - sum(p.numel() for p in without.parameters()) == 3 * 32
@@ -312,7 +418,7 @@ def test_embed_matches_forward_in_input_order(model):
 
 
 def test_pool_embedding_ignores_padding_and_keeps_channels_apart_when_asked():
-    from pipeline.student.modeling_step import pool_embedding
+    from pipeline.student.pooling import pool_embedding
 
     tokens = torch.randn(2, 3, 5, 4)  # (B, C, N, D)
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
@@ -329,6 +435,30 @@ def test_pool_embedding_ignores_padding_and_keeps_channels_apart_when_asked():
         pool_embedding(tokens, mask, "mean+median")
     with pytest.raises(ValueError, match="needs the series statistics"):
         pool_embedding(tokens, mask, "mean+stats")
+
+
+def test_structure_pooling_reads_the_fine_structure_inputs(model):
+    """`structure` appends mean, std and max over valid tokens of the inputs the forward pass returns as
+    fine_structure; alone it is the no-network baseline; a model without fine structure refuses it."""
+    from pipeline.student.pooling import pool_embedding
+
+    rng = np.random.default_rng(3)
+    series = [rng.standard_normal((2, n)).astype(np.float32) for n in (300, 900)]
+    structure = model.embed(series, pooling="structure")
+    assert structure.shape == (2, 3 * 3)  # TINY: 3 octave bands, no lags; mean, std, max
+    for i, x in enumerate(series):
+        with torch.no_grad():
+            out = model(torch.from_numpy(x)[None])
+        f = out.fine_structure[0]  # (C, N, 3)
+        expected = torch.cat([f.mean(1), f.std(1, unbiased=False), f.amax(1)], -1).mean(0)  # channels averaged
+        np.testing.assert_allclose(structure[i], expected.numpy(), atol=1e-5)
+    both = model.embed(series, pooling="mean+structure")
+    np.testing.assert_allclose(both[:, 32:], structure, atol=1e-5)
+    tokens, mask = torch.randn(1, 1, 4, 8), torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="needs the student's fine-structure inputs"):
+        pool_embedding(tokens, mask, "mean+structure")
+    with pytest.raises(ValueError, match="needs the student's fine-structure inputs"):
+        tiny_model(structure_bands=0).embed(series, pooling="structure")
 
 
 def test_embed_keep_channels_orders_channels_and_needs_one_channel_count(model):

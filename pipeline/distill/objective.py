@@ -8,6 +8,10 @@ per-teacher weights; the adaptive-patching penalties are added with `patching_we
 Summary loss (RADIO/UNIC-style, `summary_weight`): users read a pooled vector, so the student's pooled tokens
 (mean and std over valid tokens, `pool_embedding`) are also mapped by a summary head per teacher to that teacher's
 pooled standardised targets (mean and std over its valid tokens), with the same cosine + smooth-L1 form.
+
+Structure loss (ours, `structure_weight`): a head reads each final token back into that token's own fine-structure
+inputs (lag increments and octave band powers), so the network keeps what its input said at every scale even where
+no teacher asks for it (distillation alone dropped it: a random-weight student probed better on audio calls).
 """
 
 from collections import defaultdict
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.student.modeling_step import pool_embedding
+from pipeline.student.pooling import pool_embedding
 
 
 class TeacherHeads(nn.Module):
@@ -27,7 +31,8 @@ class TeacherHeads(nn.Module):
     which lets the head, not the student, do part of the work.
     """
 
-    def __init__(self, hidden_size: int, feature_dims: dict[str, int], kind: str = "linear", summary: bool = False):
+    def __init__(self, hidden_size: int, feature_dims: dict[str, int], kind: str = "linear", summary: bool = False,
+                 structure_dim: int = 0):
         super().__init__()
 
         def head(width: int, dim: int) -> nn.Module:
@@ -40,6 +45,8 @@ class TeacherHeads(nn.Module):
         self.summary_heads = nn.ModuleDict(
             {name: head(2 * hidden_size, 2 * dim) for name, dim in feature_dims.items()} if summary else {}
         )
+        # structure head: each final token -> its own fine-structure inputs (lag increments, band powers)
+        self.structure_head = head(hidden_size, structure_dim) if structure_dim else None
 
     def forward(self, teacher: str, tokens: torch.Tensor) -> torch.Tensor:
         return self.heads[teacher](tokens)  # (batch, tokens, hidden) -> (batch, tokens, feature)
@@ -86,11 +93,13 @@ class DistillationObjective(nn.Module):
     """Runs the student on a batch, aligns its tokens with each teacher's grid, and returns the losses."""
 
     def __init__(self, heads: TeacherHeads, weights: dict[str, float], alignment: str, cosine_weight: float,
-                 smooth_l1_weight: float, smooth_l1_beta: float, patching_weight: float, summary_weight: float = 0.0):
+                 smooth_l1_weight: float, smooth_l1_beta: float, patching_weight: float, summary_weight: float = 0.0,
+                 structure_weight: float = 0.0):
         super().__init__()
         self.heads, self.weights, self.alignment = heads, weights, alignment
         self.cosine_weight, self.smooth_l1_weight, self.beta = cosine_weight, smooth_l1_weight, smooth_l1_beta
         self.patching_weight, self.summary_weight = patching_weight, summary_weight
+        self.structure_weight = structure_weight
 
     def forward(self, student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its parts: one per teacher (unweighted), `patching`, and `summary` when it is on."""
@@ -127,7 +136,19 @@ class DistillationObjective(nn.Module):
         if self.summary_weight > 0:
             parts["summary"] = self.summary_loss(outputs[0], batch)
             total = total + self.summary_weight * parts["summary"]
+        if self.structure_weight > 0:
+            parts["structure"] = self.structure_loss(outputs[0])
+            total = total + self.structure_weight * parts["structure"]
         return total, parts
+
+    def structure_loss(self, out) -> torch.Tensor:
+        """Smooth-L1 between the structure head's reading of each final token and that token's own fine-structure
+        inputs (in natural-log units), averaged over valid tokens and channels: the student must keep what its
+        input said about each scale, including what no teacher asks for."""
+        target = out.fine_structure.detach() * 8  # (B, C, N, J + K) log powers, undoing the input's 1/8
+        prediction = self.heads.structure_head(out.last_hidden_state)  # (B, C, N, J + K)
+        mask = out.token_mask[:, None, :].expand(-1, target.shape[1], -1).flatten(0, 1)  # (B C, N)
+        return token_loss(prediction.flatten(0, 1), target.flatten(0, 1), mask, 0.0, 1.0, self.beta)
 
     def summary_loss(self, out, batch) -> torch.Tensor:
         """Teacher-weighted mean over teachers of the loss between summary-head outputs and pooled targets."""

@@ -20,10 +20,16 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_reports(directory: Path, history: dict, teachers: list[str], wall_seconds: float, seen: int) -> dict:
-    """metrics.json (dvc metrics), train_loss.csv / val_loss.csv (dvc plots) and loss_curves.png."""
+    """metrics.json (dvc metrics), train_loss.csv / val_loss.csv (dvc plots) and loss_curves.png; the validation
+    loss per training data set (val_loss_by_source.csv/.png) and resident memory at each validation (memory.csv)."""
     directory.mkdir(parents=True, exist_ok=True)
     _write_csv(directory / "train_loss.csv", history["train"])
     _write_csv(directory / "val_loss.csv", history["val"])
+    _write_csv(directory / "val_loss_by_source.csv", history.get("val_by_source", []))
+    _write_csv(directory / "memory.csv", history.get("memory", []))
+    last_step = history["val"][-1]["step"] if history["val"] else None
+    final_by_source = {row["dataset"]: round(row["total"], 5) for row in history.get("val_by_source", [])
+                       if row["step"] == last_step}
     last_train = history["train"][-1]
     tail = history["train"][-20:]  # the last step alone is noisy: report the mean over the last 20 steps
     metrics = {
@@ -35,6 +41,8 @@ def write_reports(directory: Path, history: dict, teachers: list[str], wall_seco
         if history["val"] else {},
         "first_val_loss": {name: round(history["val"][0][name], 5) for name in ["total", *teachers]}
         if history["val"] else {},
+        "val_loss_by_source": final_by_source,
+        "peak_rss_gb": max((r["rss_gb"] for r in history.get("memory", [])), default=None),
     }
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
@@ -50,7 +58,20 @@ def write_reports(directory: Path, history: dict, teachers: list[str], wall_seco
     figure.tight_layout()
     figure.savefig(directory / "loss_curves.png", dpi=110)
     plt.close(figure)
+    if final_by_source:
+        plot_loss_by_source(directory / "val_loss_by_source.png", final_by_source, last_step)
     return metrics
+
+
+def plot_loss_by_source(path: Path, losses: dict[str, float], step: int) -> None:
+    """Horizontal bars of the final validation loss per training data set, worst on top."""
+    names = sorted(losses, key=losses.get)
+    figure, axis = plt.subplots(figsize=(6, 0.25 * len(names) + 1))
+    axis.barh(names, [losses[n] for n in names])
+    axis.set_xlabel(f"validation loss at step {step} (all teachers)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def write_model_card(output: Path, params, stores: dict, datasets: list[str], metrics: dict) -> None:

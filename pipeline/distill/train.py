@@ -8,6 +8,7 @@ averages the gradients (gloo on CPU, nccl on GPU), so the ranks stay identical; 
 checkpoints, reports and the model, which load in a single process as usual.
 """
 
+import ctypes
 import logging
 import math
 import os
@@ -22,11 +23,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from data_catalog.catalog import load_catalog
-from pipeline.distill.loader import DistillationData, check_stores, open_training_data
+from pipeline.distill.loader import DistillationData, distillation_data
 from pipeline.distill.objective import DistillationObjective, TeacherHeads
 from pipeline.distill.reports import write_model_card, write_reports
-from pipeline.feature_store import FeatureStore, store_location
+from pipeline.feature_store import FeatureStore
 from pipeline.student import STEPConfig, STEPEncoder
 from schemas.params import Params
 
@@ -119,20 +119,87 @@ def load_checkpoint(directory: Path, model, heads, optimizer) -> tuple[int, dict
 
 
 @torch.no_grad()
-def validation_loss(objective, model, data: DistillationData, device, autocast) -> dict[str, float]:
-    """Mean losses over the held-out segments (each rank evaluates its share, the sums are combined)."""
+def validation_loss(objective, model, data: DistillationData, device, autocast) -> tuple[dict, dict]:
+    """Mean losses over the held-out segments, overall and per data set (so a source the student fails to fit
+    stands out); each rank evaluates its share, the sums are combined."""
     model.eval()
-    names = ["total", *data.teachers, "patching"] + (["summary"] if objective.summary_weight > 0 else [])
-    sums, count = dict.fromkeys(names, 0.0), 0
+    names = ["total", *data.teachers, "patching"] + (["summary"] if objective.summary_weight > 0 else []) + (
+        ["structure"] if objective.structure_weight > 0 else [])
+    sources = list(data.datasets)
+    sums = {source: dict.fromkeys(names, 0.0) for source in sources}
+    counts = dict.fromkeys(sources, 0)
     for batch in data.batches(data.validation_plan()):
         with autocast:
             total, parts = objective(model, batch.to(device))
         for name, value in {"total": total, **parts}.items():
-            sums[name] += float(value) * len(batch.segment_ids)
-        count += len(batch.segment_ids)
+            sums[batch.dataset][name] += float(value) * len(batch.segment_ids)
+        counts[batch.dataset] += len(batch.segment_ids)
     model.train()
-    *sums_all, count_all = sum_over_ranks([sums[name] for name in names] + [count], device)
-    return {name: value / max(count_all, 1) for name, value in zip(names, sums_all)}
+    flat = [sums[source][name] for source in sources for name in names] + [counts[source] for source in sources]
+    flat = sum_over_ranks(flat, device)
+    sums_all = {source: dict(zip(names, flat[i * len(names):(i + 1) * len(names)]))
+                for i, source in enumerate(sources)}
+    counts_all = dict(zip(sources, flat[len(sources) * len(names):]))
+    total_count = max(sum(counts_all.values()), 1)
+    overall = {name: sum(sums_all[source][name] for source in sources) / total_count for name in names}
+    by_source = {source: {name: sums_all[source][name] / counts_all[source] for name in names}
+                 for source in sources if counts_all[source] > 0}
+    return overall, by_source
+
+
+def resident_gb() -> float:
+    """This process's resident memory now (Linux /proc; 0 elsewhere), for the memory curve of a long run."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError):
+        return 0.0
+
+
+def bound_allocator_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does) before the loader and Zarr's decoding threads start.
+
+    glibc gives threads that allocate their own heap; chunks decoded in Zarr's thread pool are freed from
+    another thread, and each arena keeps what is freed into it, so resident memory grows with the thread count
+    and batch-size variety rather than with what is alive (bench/store_vs_shards.py measured 0.47 GB against
+    0.33 GB with one arena). A no-op off glibc.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def record_validation(history: dict, step: int, objective, model, data, device, autocast) -> dict:
+    """Validation losses (overall and per source) and resident memory at `step`, appended to the history."""
+    overall, by_source = validation_loss(objective, model, data, device, autocast)
+    history["val"].append({"step": step} | overall)
+    # setdefault: a checkpoint from before these records resumes too
+    history.setdefault("val_by_source", []).extend({"step": step, "dataset": source} | losses
+                                                   for source, losses in by_source.items())
+    history.setdefault("memory", []).append({"step": step, "rss_gb": round(resident_gb(), 3)})
+    return overall
+
+
+def student_and_objective(params: Params, config, stores: dict[str, FeatureStore], device: torch.device):
+    """A fresh student (params.student) with one head per teacher store, the objective and AdamW over both:
+    (model, heads, objective, optimizer). `config` is params.distill, possibly with max_steps overridden."""
+    student_config = STEPConfig.from_preset(params.student.preset, **params.student.overrides)
+    model = STEPEncoder(student_config).to(device)
+    dims = {t: s.manifest.feature_dim for t, s in stores.items()}
+    structure_dim = student_config.structure_lags + student_config.structure_bands if config.structure_weight else 0
+    if config.structure_weight and not structure_dim:
+        raise ValueError("distill.structure_weight > 0 needs fine-structure inputs to predict: set the student's "
+                         "structure_lags or structure_bands (student.overrides), or distill.structure_weight: 0")
+    heads = TeacherHeads(student_config.hidden_size, dims, config.head, summary=config.summary_weight > 0,
+                         structure_dim=structure_dim).to(device)
+    weights = {t: config.teacher_weights.get(t, 1.0) for t in stores}
+    objective = DistillationObjective(heads, weights, config.alignment, config.cosine_weight,
+                                      config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight,
+                                      config.summary_weight, config.structure_weight)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=config.lr,
+                                  betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    return model, heads, objective, optimizer
 
 
 def distill(params: Params, resume: bool = False, device: str | None = None, max_steps: int | None = None) -> dict:
@@ -143,6 +210,7 @@ def distill(params: Params, resume: bool = False, device: str | None = None, max
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)  # every rank: the same initial weights
+    bound_allocator_arenas()
     rank, world_size, device = init_distributed(device or config.device)
     try:
         return _train(params, config, resume, rank, world_size, device)
@@ -155,39 +223,20 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
     main_process = rank == 0
 
     # ---- data: feature stores (checked against params) + the raw series they were made from
-    catalog = load_catalog(params.prepare.catalog)
-    names = config.datasets or [e.name for e in catalog.datasets if e.role == "pretrain"]
-    entries = [catalog.get(name) for name in names]
-    teachers = list(params.extract.teachers)
-    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in teachers}
-    datasets = open_training_data(entries, catalog, params.prepare.series_store, stores, params.segments.max_samples)
-    check_stores(stores, {t: params.extract.teachers[t].feature_config() for t in teachers},
-                 params.segments.model_dump(), datasets)
-    data = DistillationData(datasets, stores, config.batch_size, config.shuffle_blocks, config.prefetch_blocks,
-                            config.val_fraction, config.seed,
-                            crop_min_fraction=config.crop.min_fraction if config.crop.enabled else None,
-                            max_target_tokens=config.max_target_tokens, rank=rank, world_size=world_size)
+    data = distillation_data(params, rank, world_size)
+    stores, teachers, names = data.stores, data.teachers, list(data.datasets)
     log.info("distilling from %s on %d training segments of %s (rank %d of %d)", teachers, data.n_train, names,
              rank, world_size)
 
     # ---- model, heads, objective, optimiser
-    student_config = STEPConfig.from_preset(params.student.preset, **params.student.overrides)
-    model = STEPEncoder(student_config).to(device)
-    dims = {t: s.manifest.feature_dim for t, s in stores.items()}
-    heads = TeacherHeads(student_config.hidden_size, dims, config.head, summary=config.summary_weight > 0).to(device)
-    weights = {t: config.teacher_weights.get(t, 1.0) for t in teachers}
-    objective = DistillationObjective(heads, weights, config.alignment, config.cosine_weight,
-                                      config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight,
-                                      config.summary_weight)
-    optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=config.lr,
-                                  betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    model, heads, objective, optimizer = student_and_objective(params, config, stores, device)
     loss_of_batch = StudentWithObjective(model, objective)  # (batch) -> (loss, parts)
     if world_size > 1:  # averages gradients over ranks in backward(); unused: the stride MLP under force_stride
         loss_of_batch = torch.nn.parallel.DistributedDataParallel(loss_of_batch, find_unused_parameters=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
 
     checkpoint = Path(config.checkpoint_dir) / "latest"
-    step, history = 0, {"train": [], "val": []}
+    step, history = 0, {"train": [], "val": [], "val_by_source": [], "memory": []}
     if resume and checkpoint.exists():
         step, history = load_checkpoint(checkpoint, model, heads, optimizer)
         log.info("resumed from %s at step %d", checkpoint, step)
@@ -196,7 +245,7 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
 
     # ---- the loop: epochs of a deterministic plan; resuming skips the batches already trained on
     if step == 0:  # the validation loss before any training: what distillation starts from
-        history["val"].append({"step": 0} | validation_loss(objective, model, data, device, autocast))
+        record_validation(history, 0, objective, model, data, device, autocast)
         log.info("step 0: val %.4f", history["val"][-1]["total"])
     started, seen = time.perf_counter(), 0
     progress = tqdm(total=config.max_steps, initial=step, desc="distill", unit="step", dynamic_ncols=True,
@@ -227,8 +276,9 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
             progress.update(1)
             progress.set_postfix(loss=f"{row['total']:.3f}", seg_per_s=f"{seen / (time.perf_counter() - started):.1f}")
             if step % config.val_every == 0 or step == config.max_steps:
-                history["val"].append({"step": step} | validation_loss(objective, model, data, device, autocast))
-                log.info("step %d: train %.4f, val %.4f", step, row["total"], history["val"][-1]["total"])
+                record_validation(history, step, objective, model, data, device, autocast)
+                log.info("step %d: train %.4f, val %.4f, resident %.2f GB", step, row["total"],
+                         history["val"][-1]["total"], history["memory"][-1]["rss_gb"])
             if (step % config.checkpoint_every == 0 or step == config.max_steps) and main_process:
                 save_checkpoint(checkpoint, model, heads, optimizer, step, history)
             if step >= config.max_steps:

@@ -8,6 +8,8 @@ paper reports 17 blocks, use `STEPConfig.from_preset("paper", num_hidden_layers=
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from pipeline.student.pooling import check_pooling
+
 
 @strict
 class STEPConfig(PreTrainedConfig):
@@ -49,6 +51,17 @@ class STEPConfig(PreTrainedConfig):
             relative excess (S / stride_max - 1, 1 - N / tokens_min, N / tokens_max - 1) so that one weight and one
             delta suit all three; N here is the continuous T / S so that the penalty has a gradient.
 
+    Fine structure (our addition, not in the paper):
+        structure_lags: J; every token also gets the log mean squared increment of its window at lags 1, 2, 4,
+            ..., 2^(J - 1) samples (a coarse octave spectrum of what resampling to P points averages away: the
+            content faster than about 2 beta S / P samples). 0 = off, the paper's tokens (and the default, so
+            that models saved without the field load as they were); the cpu-small preset uses 8 (lags up to 128
+            samples; README, "Fine structure", gives what it measured).
+        structure_bands: K; every token also gets its window's log power in K octave bands of frequency (0.25-0.5
+            cycles per sample, 0.125-0.25, ...), from the periodogram of the window: where along the spectrum an
+            event sits, which the lag increments (high-pass measures) leave tangled with the noise's slope. 0 = off
+            (the default, for models saved without the field); cpu-small uses 8 (down to 0.002 cycles per sample).
+
     Statistics compensation (SCS):
         stats_compensation: False = the paper's ablation, the raw signal is patched (no per-channel normalisation)
             and no mean/std features are added.
@@ -59,11 +72,12 @@ class STEPConfig(PreTrainedConfig):
             (only float rounding varies): its normalised signal is 0 and its std feature is 0, never NaN.
 
     Embedding (what `embed()` returns by default):
-        embedding_pooling: '+'-joined parts pooled over each channel's final tokens: mean, std, max, and stats
-            (the channel's signed-log mean and std); `pooled` = the forward pass's LayerNorm(mean). Default
-            mean+std+max+stats: on the probe table it gave the distilled student 0.429 generated / 0.692 real
-            mean F1 against 0.399 / 0.571 for `pooled` (README, "The embedding"); the mean alone loses what varies
-            within a series.
+        embedding_pooling: '+'-joined parts pooled over each channel's final tokens: mean, std, max, stats (the
+            channel's signed-log mean and std) and structure (mean, std and max over tokens of the fine-structure
+            inputs); `pooled` = the forward pass's LayerNorm(mean). Default mean+std+max+stats: on the probe table
+            it gave the distilled student 0.429 generated / 0.692 real mean F1 against 0.399 / 0.571 for `pooled`
+            (README, "The embedding"); the mean alone loses what varies within a series. cpu-small appends
+            structure (README gives what it measured).
     """
 
     model_type = "step"
@@ -98,6 +112,10 @@ class STEPConfig(PreTrainedConfig):
     patching_penalty_weight: float | int = 1.0
     patching_penalty_delta: float | int = 1.0
 
+    # Fine structure
+    structure_lags: int = 0
+    structure_bands: int = 0
+
     # Statistics compensation
     stats_compensation: bool = True
     stats_log_eps: float = 1e-24
@@ -120,11 +138,21 @@ class STEPConfig(PreTrainedConfig):
         for name in ("fixed_stride", "window_width_factor", "window_std_fraction", "stats_log_eps", "stats_log_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        parts = self.embedding_pooling.split("+")
-        if self.embedding_pooling != "pooled" and (not set(parts) <= {"mean", "std", "max", "stats"}
-                                                   or len(set(parts)) != len(parts) or parts == ["stats"]):
-            raise ValueError(f"embedding_pooling {self.embedding_pooling!r}: expected 'pooled' or '+'-joined parts "
-                             "of mean, std, max, stats")
+        if self.embedding_pooling != "pooled":
+            try:
+                parts = check_pooling(self.embedding_pooling)  # the rule embed() applies to its `pooling`
+            except ValueError as exc:
+                raise ValueError(f"embedding_pooling: {exc}, or 'pooled'") from exc
+            if "stats" in parts and not self.stats_compensation:
+                raise ValueError(f"embedding_pooling {self.embedding_pooling!r} has 'stats' but stats_compensation is "
+                                 "off, so there are no statistics to append: drop 'stats'")
+            if "structure" in parts and not (self.structure_lags or self.structure_bands):
+                raise ValueError(f"embedding_pooling {self.embedding_pooling!r} has 'structure' but the model has no "
+                                 "fine-structure inputs: set structure_lags or structure_bands")
+        if not 0 <= self.structure_lags <= 24:
+            raise ValueError(f"structure_lags must lie in [0, 24], got {self.structure_lags}")
+        if not 0 <= self.structure_bands <= 24:
+            raise ValueError(f"structure_bands must lie in [0, 24], got {self.structure_bands}")
         if self.max_num_tokens < 1 or self.initial_num_tokens < 1:
             raise ValueError("max_num_tokens and initial_num_tokens must be >= 1")
 
@@ -141,7 +169,8 @@ PRESETS: dict[str, dict] = {
     # takes ~0.6-0.8 s on one CPU core.
     "cpu-small": dict(
         hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-        patch_points=32, front_end_channels=32,
+        patch_points=32, front_end_channels=32, structure_lags=8, structure_bands=8,
+        embedding_pooling="mean+std+max+stats+structure",
     ),
     # The paper's width (768) with 12 blocks: 117M parameters. The paper reports 17 blocks (num_hidden_layers=17:
     # 164M parameters); which count is right is not known.

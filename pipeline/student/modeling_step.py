@@ -7,6 +7,8 @@ Data flow for a batch of B series with C channels, padded on the right to T samp
       -> adaptive patching: stride S = 1 + exp(MLP(log T)), N = ceil(T / S) tokens; token n is the Gaussian
          window of span beta * S centred at (n + 1/2) S, resampled to P points                     (B, C, N, P)
       -> convolutional front end, the same for every channel                                       (B, C, N, D)
+      -> + fine structure: log mean squared increment at lags 1, 2, 4, ... samples within each window  (B, C, N, D)
+      -> + octave band powers: log power per octave of frequency in each window's periodogram          (B, C, N, D)
       -> + signed-log mean and std of the channel (the statistics taken out above)                 (B, C, N, D)
       -> + sinusoidal positions along time
       -> blocks: attention along time, attention along channels (axial), GELU MLP; pre-LayerNorm   (B, C, N, D)
@@ -32,6 +34,9 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from pipeline.student.configuration_step import STEPConfig
+from pipeline.student.fine_structure import window_band_powers, window_structure
+from pipeline.student.inputs import length_batches, validate_series
+from pipeline.student.pooling import check_pooling, pool_embedding
 
 
 @dataclass
@@ -45,6 +50,8 @@ class STEPEncoderOutput(ModelOutput):
     patching_loss: () weighted Huber penalties of the adaptive stride (0 when N is forced or patching is fixed).
     strides: (batch,) stride S in samples that was used.
     num_tokens: (batch,) number of valid tokens N.
+    fine_structure: (batch, channels, tokens, J + K) each token's lag increments and octave band powers, the
+        inputs `window_structure` and `window_band_powers` computed (None when both are off).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -54,6 +61,7 @@ class STEPEncoderOutput(ModelOutput):
     patching_loss: torch.Tensor | None = None
     strides: torch.Tensor | None = None
     num_tokens: torch.Tensor | None = None
+    fine_structure: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,57 +295,16 @@ class STEPBlock(nn.Module):
         hidden = hidden + self.dropout(x.view(batch, channels, tokens, width))
 
         # along channels: every token position of every series is a sequence of C tokens (no channel positions)
-        x = self.channel_norm(hidden).transpose(1, 2).reshape(batch * tokens, channels, width)  # (B N, C, D)
-        x = self.channel_attention(x)
-        hidden = hidden + self.dropout(x.view(batch, tokens, channels, width).transpose(1, 2))
+        if channels == 1 and not (self.training and self.channel_attention.dropout > 0):
+            # one key: softmax weight 1, so attention is exactly out_proj(v_proj(x)); skips q, k and two copies
+            attention = self.channel_attention
+            hidden = hidden + self.dropout(attention.out_proj(attention.v_proj(self.channel_norm(hidden))))
+        else:
+            x = self.channel_norm(hidden).transpose(1, 2).reshape(batch * tokens, channels, width)  # (B N, C, D)
+            x = self.channel_attention(x)
+            hidden = hidden + self.dropout(x.view(batch, tokens, channels, width).transpose(1, 2))
 
         return hidden + self.dropout(self.mlp(self.mlp_norm(hidden)))  # (B, C, N, D)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pooling token features into one embedding per series (the student's and, in evaluation, the teachers')
-# ----------------------------------------------------------------------------------------------------------------
-
-POOLING_PARTS = ("mean", "std", "max", "stats")
-
-
-def check_pooling(pooling: str) -> list[str]:
-    """'mean+std' -> ['mean', 'std']; refuses unknown or repeated parts, naming them."""
-    parts = pooling.split("+")
-    unknown = [p for p in parts if p not in POOLING_PARTS]
-    if unknown or len(set(parts)) != len(parts) or parts == ["stats"]:
-        raise ValueError(f"pooling {pooling!r}: expected '+'-joined parts of {POOLING_PARTS} (not stats alone), "
-                         f"each once")
-    return parts
-
-
-def pool_embedding(tokens: torch.Tensor, token_mask: torch.Tensor, pooling: str, keep_channels: bool = False,
-                   statistics: torch.Tensor | None = None) -> torch.Tensor:
-    """One vector per series from token features, the same operator for the student and for teachers.
-
-    tokens (B, C, N, F), token_mask (B, N); pooling: '+'-joined parts, per channel over its valid tokens:
-    `mean`, `std` (population), `max`, and `stats` (the channel's signed-log mean and std from statistics
-    compensation, `statistics` (B, C, 2)). Channels are then averaged, or, with `keep_channels` (a fixed montage:
-    which channel is which matters), concatenated in order. Returns (B, K) or (B, C K), K the parts' widths.
-    """
-    parts = check_pooling(pooling)
-    mask = token_mask[:, None, :, None].to(tokens.dtype)  # (B, 1, N, 1)
-    count = mask.sum(dim=2).clamp_min(1)  # (B, 1, 1)
-    mean = (tokens * mask).sum(dim=2) / count  # (B, C, F)
-    pooled = []
-    for part in parts:
-        if part == "mean":
-            pooled.append(mean)
-        elif part == "std":
-            pooled.append((((tokens - mean[:, :, None]) ** 2 * mask).sum(dim=2) / count).sqrt())
-        elif part == "max":
-            pooled.append(tokens.masked_fill(mask == 0, float("-inf")).amax(dim=2))
-        else:
-            if statistics is None:
-                raise ValueError(f"pooling {pooling!r} needs the series statistics")
-            pooled.append(statistics.to(tokens.dtype))
-    per_channel = torch.cat(pooled, dim=-1)  # (B, C, K)
-    return per_channel.flatten(1) if keep_channels else per_channel.mean(dim=1)
 
 
 def series_statistics(values: torch.Tensor, lengths: torch.Tensor, config: "STEPConfig") -> torch.Tensor:
@@ -371,6 +338,12 @@ class STEPEncoder(PreTrainedModel):
         # Linear(2, D) on (signed-log mean, signed-log std) added to every token: the same as appending the two
         # features to the front-end output and projecting.
         self.statistics_embedding = nn.Linear(2, config.hidden_size) if config.stats_compensation else None
+        # Linear(J, D) on each token's fine structure (window_structure), added to the front end's token
+        self.structure_embedding = (nn.Linear(config.structure_lags, config.hidden_size) if config.structure_lags
+                                    else None)
+        # Linear(K, D) on each token's octave band powers (window_band_powers), added likewise
+        self.band_embedding = (nn.Linear(config.structure_bands, config.hidden_size) if config.structure_bands
+                               else None)
         self.blocks = nn.ModuleList(STEPBlock(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooled_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -384,8 +357,10 @@ class STEPEncoder(PreTrainedModel):
         if isinstance(module, PatchFrontEnd):
             for layer in (module.conv1, module.conv2, module.conv3, module.projection):
                 init.kaiming_normal_(layer.weight, nonlinearity="relu")
-        if isinstance(module, STEPEncoder) and module.statistics_embedding is not None:
-            init.kaiming_normal_(module.statistics_embedding.weight, nonlinearity="linear")
+        if isinstance(module, STEPEncoder):
+            for layer in (module.statistics_embedding, module.structure_embedding, module.band_embedding):
+                if layer is not None:
+                    init.kaiming_normal_(layer.weight, nonlinearity="linear")
 
     def choose_strides(
         self, lengths: torch.Tensor, sampling_rate: torch.Tensor, num_tokens: torch.Tensor | None
@@ -438,11 +413,23 @@ class STEPEncoder(PreTrainedModel):
         strides, num_tokens, patching_loss = self.choose_strides(lengths, sampling_rate, num_tokens)
         max_tokens = int(num_tokens.max())
         patches = gaussian_windows(signal, lengths, strides, max_tokens, config).float()  # (B, C, N, P)
+        structure = None
+        if self.structure_embedding is not None:
+            structure = window_structure(signal, lengths, strides, max_tokens, config)  # (B, C, N, J)
+        bands = None
+        if self.band_embedding is not None:
+            bands = window_band_powers(signal, lengths, strides, num_tokens, config)  # (B, C, N, K)
         del signal
         token_mask = torch.arange(max_tokens, device=device) < num_tokens[:, None]  # (B, N)
 
         # 3. front end (+ statistics) + positions
         hidden = self.front_end(patches.flatten(0, 2)).view(batch, channels, max_tokens, -1)  # (B, C, N, D)
+        if structure is not None:
+            hidden = hidden + self.structure_embedding(structure)  # (B, C, N, D)
+        if bands is not None:
+            hidden = hidden + self.band_embedding(bands)  # (B, C, N, D)
+        fine_structure = [f for f in (structure, bands) if f is not None]
+        fine_structure = torch.cat(fine_structure, dim=-1) if fine_structure else None  # (B, C, N, J + K)
         if statistics is not None:
             hidden = hidden + self.statistics_embedding(statistics)[:, :, None, :]  # (B, C, 1, D) broadcast
         hidden = hidden + sinusoids(max_tokens, config.hidden_size, config.max_timescale, device)  # (N, D) bcast
@@ -464,6 +451,7 @@ class STEPEncoder(PreTrainedModel):
             patching_loss=patching_loss,
             strides=strides.float(),
             num_tokens=num_tokens,
+            fine_structure=fine_structure,
         )
 
     @torch.inference_mode()
@@ -480,8 +468,8 @@ class STEPEncoder(PreTrainedModel):
 
         pooling: None = `config.embedding_pooling` (the recipe measured best, see STEPConfig); `pooled` = the
         forward pass's LayerNorm(mean) vector (hidden,); or '+'-joined parts of `pool_embedding` (mean, std, max,
-        stats) over the final tokens. keep_channels: concatenate per-channel vectors in channel order (for a fixed
-        montage) instead of averaging channels; all series must then have the same channel count.
+        stats, structure) over the final tokens. keep_channels: concatenate per-channel vectors in channel order
+        (for a fixed montage) instead of averaging channels; all series must then have the same channel count.
 
         Series are grouped by channel count and by length (within a factor 2, so padding at most doubles the
         work), at most `batch_size` series and `max_batch_samples` padded values per batch (a longer series goes
@@ -515,7 +503,7 @@ class STEPEncoder(PreTrainedModel):
                     vectors = out.pooled
                 else:
                     vectors = pool_embedding(out.last_hidden_state, out.token_mask, pooling, keep_channels,
-                                             out.statistics)
+                                             out.statistics, out.fine_structure)
                 if embeddings is None:
                     embeddings = np.zeros((len(arrays), vectors.shape[1]), dtype=np.float32)
                 embeddings[batch] = vectors.float().cpu().numpy()
@@ -549,47 +537,3 @@ def check_inputs(
         if int(num_tokens.min()) < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens.tolist()}")
     return batch, channels, time
-
-
-def validate_series(name: int | str, series: np.ndarray) -> np.ndarray:
-    """One input of embed() as a float32 (channels, time) array; errors name the series (its index or id)."""
-    array = np.asarray(series)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2:
-        raise ValueError(f"series {name}: expected shape (time,) or (channels, time), got {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"series {name}: empty, shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise ValueError(f"series {name}: expected real numbers, got dtype {array.dtype}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported just below
-        array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        channel, sample = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(
-            f"series {name}: non-finite value {array[channel, sample]} at channel {channel}, sample {sample} "
-            "(NaN, inf, or beyond float32's range)"
-        )
-    return array
-
-
-def length_batches(shapes: list[tuple[int, int]], batch_size: int, max_batch_samples: int) -> list[list[int]]:
-    """Indices grouped into batches of equal channel count and lengths within a factor 2, shortest first."""
-    order = sorted(range(len(shapes)), key=lambda i: shapes[i])
-    batches: list[list[int]] = []
-    for i in order:
-        channels, length = shapes[i]
-        if batches:
-            current = batches[-1]
-            first_channels, first_length = shapes[current[0]]
-            fits = (
-                channels == first_channels
-                and length <= 2 * first_length
-                and len(current) < batch_size
-                and (len(current) + 1) * channels * length <= max_batch_samples
-            )
-            if fits:
-                current.append(i)
-                continue
-        batches.append([i])
-    return batches
