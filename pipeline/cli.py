@@ -326,7 +326,7 @@ def embed(
         except KeyError as exc:
             fail(str(exc.args[0]))
         series = iter(open_reader(entry, cat, load_params(params).prepare.series_store))
-        keep_channels = entry.channel_names is not None  # a fixed montage: channels kept apart
+        keep_channels = entry.fixed_montage  # a fixed montage: channels kept apart
     try:
         embed_to_store(encoder, series, output, batch_size=batch_size, keep_channels=keep_channels)
     except (DataError, ValueError) as exc:

@@ -178,7 +178,7 @@ def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, ra
     """{model name: (n, dim) embeddings} of one task's series for every compared model."""
     batch_size = params.evaluate.batch_size
     pooling = params.evaluate.pooling or distilled.config.embedding_pooling
-    keep_channels = task.entry.channel_names is not None
+    keep_channels = task.entry.fixed_montage
     embeddings = {
         model: encoder.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling=pooling,
                              keep_channels=keep_channels)

@@ -50,7 +50,7 @@ def finetune(encoder: STEPEncoder, task: ProbeTask, train: np.ndarray, config: F
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.lr, config.warmup_steps, config.steps, 0.0)
         values, lengths = pad_series([task.series[r] for r in batch])  # (B, C, T), (B,)
-        out = model(values, lengths, sampling_rate=task.sampling_rate)
+        out = model(values, lengths, sampling_rate=task.sampling_rate, fixed_montage=task.entry.fixed_montage)
         loss = torch.nn.functional.cross_entropy(head(out.pooled), torch.from_numpy(task.labels[batch]))
         optimizer.zero_grad(set_to_none=True)
         (loss + out.patching_loss).backward()
@@ -63,7 +63,8 @@ def finetune(encoder: STEPEncoder, task: ProbeTask, train: np.ndarray, config: F
 @torch.no_grad()
 def predict(model: STEPEncoder, head: torch.nn.Linear, task: ProbeTask, rows: np.ndarray) -> np.ndarray:
     """Class predictions (len(rows),) of the fine-tuned model on the given series."""
-    embeddings = model.embed([task.series[r] for r in rows], task.sampling_rate, pooling="pooled")  # (n, hidden)
+    embeddings = model.embed([task.series[r] for r in rows], task.sampling_rate, pooling="pooled",
+                             keep_channels=task.entry.fixed_montage)  # (n, hidden): `pooled` averages channels anyway
     return head(torch.from_numpy(embeddings)).argmax(dim=-1).numpy()
 
 

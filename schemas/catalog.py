@@ -110,7 +110,8 @@ class CatalogEntry(BaseModel):
         None,
         description="A fixed montage: every series has these channels in this order (e.g. EEG electrodes). "
         "Embeddings of this data set then keep channels apart (per-channel vectors concatenated in this order) "
-        "in evaluate and embed, since which channel shows what can be the signal (left vs right hemisphere).",
+        "in evaluate and embed, since which channel shows what can be the signal (left vs right hemisphere), and a "
+        "student with `montage_channels` adds its learned channel identities to them.",
     )
     probe: ProbeSpec | None = Field(None, description="Labels and scoring; required for role probe.")
 
@@ -122,6 +123,11 @@ class CatalogEntry(BaseModel):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError("must be a positive number of Hz, `unknown` or null")
         return float(value)
+
+    @property
+    def fixed_montage(self) -> bool:
+        """True when channel c is the same sensor in every series (the catalog declares `channel_names`)."""
+        return self.channel_names is not None
 
     @property
     def rate_unknown(self) -> bool:

@@ -247,3 +247,33 @@ def test_batches_carry_target_token_centres_in_samples(extracted_project):
         samples_per_token = 100.0 / datasets[0].token_rate[teacher]  # pre_sleep is 100 Hz
         n = int(batch.n_tokens[teacher][0])
         np.testing.assert_allclose(centres[0, :n], (np.arange(n) + 0.5) * samples_per_token, rtol=1e-9)
+
+
+def test_batches_of_a_fixed_montage_train_the_channel_identities(extracted_project):
+    from data_catalog.catalog import load_catalog
+    from pipeline.distill.loader import DistillationData, open_training_data
+    from pipeline.distill.objective import DistillationObjective, TeacherHeads
+    from pipeline.feature_store import FeatureStore, store_location
+    from pipeline.student import STEPConfig
+
+    root, params_path = extracted_project
+    params = load_params(params_path)
+    catalog = load_catalog(params.prepare.catalog)
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
+    radar = catalog.get("pre_radar")  # two channels; declared here as a fixed I/Q montage
+    entries = [radar, radar.model_copy(update={"channel_names": ["I", "Q"]})]
+    student = STEPEncoder(STEPConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                     patch_points=8, front_end_channels=4, montage_channels=2))
+    dims = {t: s.manifest.feature_dim for t, s in stores.items()}
+    objective = DistillationObjective(TeacherHeads(16, dims), dict.fromkeys(dims, 1.0), "interpolate", 1.0, 1.0, 1.0,
+                                      0.0)
+    for entry, montage in zip(entries, [False, True]):
+        datasets = open_training_data([entry], catalog, params.prepare.series_store, stores,
+                                      params.segments.max_samples)
+        data = DistillationData(datasets, stores, 4, 2, 0, 0.0, 0)
+        batch = next(iter(data.batches(data.epoch_plan(0))))
+        assert batch.fixed_montage is montage and batch.to(torch.device("cpu")).fixed_montage is montage
+        student.zero_grad()
+        objective(student, batch)[0].backward()
+        grad = student.channel_embedding.weight.grad
+        assert (grad is not None and bool(grad.abs().sum() > 0)) is montage

@@ -191,8 +191,9 @@ def test_window_structure_sees_what_resampling_averages_away():
     assert (structure[1][..., 0] - structure[0][..., 0]).min() > 0.5  # lag 1: log(0.36) vs log(~4e-5), over 8
 
 
-def test_window_band_powers_match_a_numpy_periodogram_per_window():
-    config = STEPConfig(**{**TINY, "structure_bands": 4})
+@pytest.mark.parametrize("per_octave", [1, 3])
+def test_window_band_powers_match_a_numpy_periodogram_per_window(per_octave):
+    config = STEPConfig(**{**TINY, "structure_bands": 4, "bands_per_octave": per_octave})
     signal = torch.zeros(2, 1, 300, dtype=torch.float64)
     signal[0, :, :250] = torch.randn(1, 250, dtype=torch.float64)  # series 0 has 250 samples, then padding
     signal[1] = torch.randn(1, 300, dtype=torch.float64)
@@ -209,7 +210,8 @@ def test_window_band_powers_match_a_numpy_periodogram_per_window():
             frame = x[np.clip(np.arange(start, start + width), 0, len(x) - 1)]
             power = np.abs(np.fft.rfft((frame - frame.mean()) * taper)) ** 2
             for k in range(4):
-                in_band = (freqs >= 0.5 / 2 ** (k + 1)) & ((freqs < 0.5 / 2**k) | (k == 0))
+                low, high = 0.5 / 2 ** ((k + 1) / per_octave), 0.5 / 2 ** (k / per_octave)
+                in_band = (freqs >= low) & ((freqs < high) | (k == 0))
                 if not in_band.any():  # 20- or 25-sample windows have no bin in the 4th octave (0.031-0.0625)
                     assert features[b, 0, token, k] == pytest.approx(np.log(1e-6) / 8)
                     continue
@@ -233,6 +235,13 @@ def test_window_band_powers_put_a_weak_tone_in_its_own_octave():
     jump = bands[with_tone].mean(dim=0) - bands[without].mean(dim=0)  # (5,)
     assert jump[2] > 0.25  # octave 0.0625-0.125 cycles/sample: log power up by more than 2 (over 8)
     assert jump[[0, 1, 3, 4]].abs().max() < 0.05  # the other octaves do not see it
+    # in third octaves, only the third holding 0.1 (0.099-0.125 cycles/sample, band 6) rises
+    thirds = STEPConfig(**{**TINY, "structure_bands": 12, "bands_per_octave": 3})
+    bands = window_band_powers((noise + tone)[None, None], lengths, strides, num_tokens, thirds)[0, 0]  # (64, 12)
+    jump = bands[with_tone].mean(dim=0) - bands[without].mean(dim=0)  # (12,)
+    assert jump.argmax() == 6 and jump[6] > 0.25
+    # the rest stay within the noise of bands a few bins wide (octaves: 0.05, fewer bins per band here)
+    assert jump[[k for k in range(12) if k not in (5, 6, 7)]].abs().max() < 0.1
 
 
 def test_structure_lags_switch_and_bounds():
@@ -243,7 +252,9 @@ def test_structure_lags_switch_and_bounds():
     with_bands = tiny_model(structure_bands=5)
     assert with_bands.band_embedding.in_features == 5 and without.band_embedding is None
     with pytest.raises((ValueError, StrictDataclassClassValidationError), match="structure_bands"):
-        STEPConfig(**{**TINY, "structure_bands": 25})
+        STEPConfig(**{**TINY, "structure_bands": 49})
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="bands_per_octave"):
+        STEPConfig(**{**TINY, "bands_per_octave": 0})
     with pytest.raises((ValueError, StrictDataclassClassValidationError), match="stats_compensation is off"):
         STEPConfig(**{**TINY, "stats_compensation": False})  # the default pooling appends statistics
     with pytest.raises((ValueError, StrictDataclassClassValidationError), match="no fine-structure inputs"):
@@ -473,6 +484,37 @@ def test_embed_keep_channels_orders_channels_and_needs_one_channel_count(model):
         model.embed([series[0], series[1][:2]], keep_channels=True)
     with pytest.raises(StrictDataclassClassValidationError, match="embedding_pooling"):
         STEPConfig(embedding_pooling="mean+median")
+
+
+def test_channel_identity_only_for_a_fixed_montage(tmp_path):
+    m = tiny_model(montage_channels=4)
+    x = torch.randn(2, 3, 200)
+    swap = [1, 0, 2]
+    with torch.no_grad():
+        free, montage = m(x), m(x, fixed_montage=True)
+        # without a montage channels are interchangeable: permuting them permutes the tokens
+        torch.testing.assert_close(m(x[:, swap]).last_hidden_state, free.last_hidden_state[:, swap])
+        # with one, channel c carries identity c, so the first two channels' roles differ
+        swapped = m(x[:, swap], fixed_montage=True).last_hidden_state
+        assert not torch.allclose(swapped, montage.last_hidden_state[:, swap], atol=1e-3)
+        assert not torch.allclose(free.pooled, montage.pooled, atol=1e-3)
+        # a model without identities ignores the flag
+        plain = tiny_model()
+        torch.testing.assert_close(plain(x, fixed_montage=True).pooled, plain(x).pooled)
+        # embed(keep_channels=True) is the montage forward pass
+        series = [s.numpy() for s in x]
+        np.testing.assert_allclose(m.embed(series, pooling="pooled", keep_channels=True), montage.pooled, atol=1e-5)
+        np.testing.assert_allclose(m.embed(series, pooling="pooled"), free.pooled, atol=1e-5)
+    with pytest.raises(ValueError, match="montage of 5 channels needs montage_channels >= 5; this model has 4"):
+        m(torch.randn(1, 5, 100), fixed_montage=True)
+    m(torch.randn(1, 5, 100))  # any channel count outside a montage
+    m.save_pretrained(tmp_path)
+    loaded = STEPEncoder.from_pretrained(tmp_path).eval()
+    assert loaded.config.montage_channels == 4
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, fixed_montage=True).pooled, montage.pooled)
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="montage_channels"):
+        STEPConfig(**TINY, montage_channels=-1)
 
 
 def test_embed_restores_training_mode():

@@ -43,6 +43,7 @@ class DataSet:
     n_blocks: int
     block_size: int
     token_rate: dict[str, float]  # per teacher
+    fixed_montage: bool = False  # the catalog declares channel_names: channel c is the same sensor in every series
 
 
 @dataclass
@@ -62,11 +63,13 @@ class Batch:
     targets: dict[str, torch.Tensor]
     n_tokens: dict[str, torch.Tensor]
     token_centres: dict[str, torch.Tensor]
+    fixed_montage: bool = False
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda tensors: {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
         return Batch(self.dataset, self.segment_ids, self.values.to(device), self.lengths.to(device),
-                     self.sampling_rate, move(self.targets), move(self.n_tokens), move(self.token_centres))
+                     self.sampling_rate, move(self.targets), move(self.n_tokens), move(self.token_centres),
+                     self.fixed_montage)
 
 
 def pad_series(series: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +153,7 @@ def collate_segments(data: DataSet, teachers: list[str], items: list[tuple], max
                                              + 0.5) * token_samples, max_target_tokens)[:, 0]
             for item in items], batch_first=True)  # (batch, max tokens) in samples of the segment
     return Batch(data.name, [item[0] for item in items], values, lengths, data.sampling_rate, targets, n_tokens,
-                 centres)
+                 centres, data.fixed_montage)
 
 
 class DistillationData:
@@ -418,5 +421,6 @@ def open_training_data(datasets, catalog, series_store: str, stores: dict[str, F
             sampling_rate=next(iter(groups.values())).sampling_rate,
             n_blocks=-(-len(segments) // block_size), block_size=block_size,
             token_rate={name: group.token_rate for name, group in groups.items()},
+            fixed_montage=entry.fixed_montage,
         ))
     return out

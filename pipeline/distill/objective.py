@@ -111,13 +111,14 @@ class DistillationObjective(nn.Module):
                 grids[tuple(counts.tolist())].append(teacher)
             for teachers in grids.values():
                 out = student(batch.values, batch.lengths, sampling_rate=batch.sampling_rate,
-                              num_tokens=batch.n_tokens[teachers[0]])
+                              num_tokens=batch.n_tokens[teachers[0]], fixed_montage=batch.fixed_montage)
                 tokens = out.last_hidden_state.mean(dim=1)  # (batch, channels, N_k, H) -> (batch, N_k, H)
                 patching.append(out.patching_loss)
                 outputs.append(out)
                 on_grid.update({teacher: tokens for teacher in teachers})
         else:
-            out = student(batch.values, batch.lengths, sampling_rate=batch.sampling_rate)
+            out = student(batch.values, batch.lengths, sampling_rate=batch.sampling_rate,
+                          fixed_montage=batch.fixed_montage)
             tokens = out.last_hidden_state.mean(dim=1)  # (batch, N, H), N from adaptive patching
             patching.append(out.patching_loss)
             outputs.append(out)

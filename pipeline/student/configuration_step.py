@@ -61,6 +61,17 @@ class STEPConfig(PreTrainedConfig):
             cycles per sample, 0.125-0.25, ...), from the periodogram of the window: where along the spectrum an
             event sits, which the lag increments (high-pass measures) leave tangled with the noise's slope. 0 = off
             (the default, for models saved without the field); cpu-small uses 8 (down to 0.002 cycles per sample).
+        bands_per_octave: how finely `structure_bands` split the spectrum: 1 = octaves (the default, for models
+            saved without the field), 3 = third octaves (K = 24 then spans the same 8 octaves), so that a call's
+            pitch or a chirp's track is placed within its octave, as a spectrogram teacher places it.
+
+    Channel identity (our addition, not in the paper):
+        montage_channels: M learned channel-identity vectors; vector c is added to every token of channel c when
+            the series share a fixed montage (the catalog declares `channel_names`: `forward(fixed_montage=True)`,
+            `embed(keep_channels=True)`), so that attention can tell which channel is which (left from right
+            hemisphere, say). Series without a declared montage get none, so any channel count still works,
+            unseen counts included; a montage of more than M channels is refused. Identity is by channel index
+            in the declared order. 0 = off (the default, for models saved without the field).
 
     Statistics compensation (SCS):
         stats_compensation: False = the paper's ablation, the raw signal is patched (no per-channel normalisation)
@@ -115,6 +126,10 @@ class STEPConfig(PreTrainedConfig):
     # Fine structure
     structure_lags: int = 0
     structure_bands: int = 0
+    bands_per_octave: int = 1
+
+    # Channel identity
+    montage_channels: int = 0
 
     # Statistics compensation
     stats_compensation: bool = True
@@ -151,8 +166,12 @@ class STEPConfig(PreTrainedConfig):
                                  "fine-structure inputs: set structure_lags or structure_bands")
         if not 0 <= self.structure_lags <= 24:
             raise ValueError(f"structure_lags must lie in [0, 24], got {self.structure_lags}")
-        if not 0 <= self.structure_bands <= 24:
-            raise ValueError(f"structure_bands must lie in [0, 24], got {self.structure_bands}")
+        if not 0 <= self.structure_bands <= 48:
+            raise ValueError(f"structure_bands must lie in [0, 48], got {self.structure_bands}")
+        if not 1 <= self.bands_per_octave <= 12:
+            raise ValueError(f"bands_per_octave must lie in [1, 12], got {self.bands_per_octave}")
+        if not 0 <= self.montage_channels <= 4096:
+            raise ValueError(f"montage_channels must lie in [0, 4096], got {self.montage_channels}")
         if self.max_num_tokens < 1 or self.initial_num_tokens < 1:
             raise ValueError("max_num_tokens and initial_num_tokens must be >= 1")
 

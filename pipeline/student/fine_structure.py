@@ -1,5 +1,5 @@
 """Fine structure: what each token's window holds at scales the resampled patch averages away (our addition to
-STEP, `structure_lags` and `structure_bands`): lag increments and octave band powers, per token and channel."""
+STEP, `structure_lags` and `structure_bands`): lag increments and (sub-)octave band powers, per token and channel."""
 
 import math
 
@@ -40,8 +40,9 @@ def window_structure(
 def window_band_powers(
     signal: torch.Tensor, lengths: torch.Tensor, strides: torch.Tensor, num_tokens: torch.Tensor, config: STEPConfig
 ) -> torch.Tensor:
-    """Each token window's log mean power in K = `structure_bands` octave bands of frequency: band k holds
-    0.5 / 2^(k+1) to 0.5 / 2^k cycles per sample (the top octave, below Nyquist, first).
+    """Each token window's log mean power in K = `structure_bands` bands of frequency, `bands_per_octave` (b) to
+    an octave: band k holds 0.5 / 2^((k+1) / b) to 0.5 / 2^(k / b) cycles per sample (the top band, below
+    Nyquist, first).
 
     Why: the lag increments of `window_structure` are high-pass measures (lag k weighs frequency f by
     2 - 2 cos(2 pi f k)), so where a narrow-band event (a chirp in coloured detector noise, a call over wind) sits
@@ -58,7 +59,8 @@ def window_band_powers(
     bands, device = config.structure_bands, signal.device
     floor = math.log(1e-6) / 8
     features = signal.new_full((batch, channels, int(num_tokens.max()), bands), floor)  # (B, C, N, K)
-    edges = 0.5 / 2.0 ** torch.arange(bands + 1, dtype=torch.float64, device=device)  # (K + 1,) descending
+    octaves = torch.arange(bands + 1, dtype=torch.float64, device=device) / config.bands_per_octave  # (K + 1,)
+    edges = 0.5 / 2.0**octaves  # (K + 1,) band edges in cycles per sample, descending
     for b in range(batch):
         length, stride, tokens = int(lengths[b]), float(strides[b].detach()), int(num_tokens[b])
         width = max(4, round(config.window_width_factor * stride))  # W samples per window

@@ -10,11 +10,12 @@ Data flow for a batch of B series with C channels, padded on the right to T samp
       -> + fine structure: log mean squared increment at lags 1, 2, 4, ... samples within each window  (B, C, N, D)
       -> + octave band powers: log power per octave of frequency in each window's periodogram          (B, C, N, D)
       -> + signed-log mean and std of the channel (the statistics taken out above)                 (B, C, N, D)
+      -> + channel identity, only for a fixed montage and only if the config has some              (B, C, N, D)
       -> + sinusoidal positions along time
       -> blocks: attention along time, attention along channels (axial), GELU MLP; pre-LayerNorm   (B, C, N, D)
       -> final LayerNorm = last_hidden_state; mean over valid tokens and channels, LayerNorm = pooled  (B, D)
 
-Nothing has a per-channel-index parameter, so the same weights take 1 or 58 channels. Padding never enters a
+Outside a declared montage nothing has a per-channel-index parameter, so the same weights take 1 or 58 channels. Padding never enters a
 result: statistics, windows, attention and pooling all use each series' own length, so a batch of mixed lengths
 gives what each series gives alone.
 
@@ -344,6 +345,9 @@ class STEPEncoder(PreTrainedModel):
         # Linear(K, D) on each token's octave band powers (window_band_powers), added likewise
         self.band_embedding = (nn.Linear(config.structure_bands, config.hidden_size) if config.structure_bands
                                else None)
+        # one learned vector per channel index of a fixed montage, added to every token of that channel
+        self.channel_embedding = (nn.Embedding(config.montage_channels, config.hidden_size)
+                                  if config.montage_channels else None)
         self.blocks = nn.ModuleList(STEPBlock(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooled_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -352,7 +356,8 @@ class STEPEncoder(PreTrainedModel):
     def _init_weights(self, module: nn.Module):
         """Normal(0, initializer_range) for the Transformer; fan-in (Kaiming) init for the front end and the
         statistics embedding, so that at initialisation the signal shape and the statistics enter at the same O(1)
-        scale as the sinusoidal positions instead of being drowned by them."""
+        scale as the sinusoidal positions instead of being drowned by them; channel identities start at the
+        positions' scale too (rms 1/sqrt 2), so that channels of a montage differ from the first step."""
         super()._init_weights(module)
         if isinstance(module, PatchFrontEnd):
             for layer in (module.conv1, module.conv2, module.conv3, module.projection):
@@ -361,6 +366,8 @@ class STEPEncoder(PreTrainedModel):
             for layer in (module.statistics_embedding, module.structure_embedding, module.band_embedding):
                 if layer is not None:
                     init.kaiming_normal_(layer.weight, nonlinearity="linear")
+            if module.channel_embedding is not None:
+                init.normal_(module.channel_embedding.weight, std=math.sqrt(0.5))
 
     def choose_strides(
         self, lengths: torch.Tensor, sampling_rate: torch.Tensor, num_tokens: torch.Tensor | None
@@ -389,9 +396,12 @@ class STEPEncoder(PreTrainedModel):
         lengths: torch.Tensor | None = None,
         sampling_rate: float | torch.Tensor | None = None,
         num_tokens: torch.Tensor | None = None,
+        fixed_montage: bool = False,
     ) -> STEPEncoderOutput:
         """values (B, C, T) padded on the right; lengths (B,) valid samples (default T); sampling_rate: None, one
-        rate or (B,) rates in Hz (NaN = unknown); num_tokens: None or (B,) long forcing exactly N tokens."""
+        rate or (B,) rates in Hz (NaN = unknown); num_tokens: None or (B,) long forcing exactly N tokens;
+        fixed_montage: channel c of every series is the same sensor (the catalog's `channel_names` order), so
+        channel identities are added if the config has them (`montage_channels`)."""
         config = self.config
         batch, channels, time = check_inputs(values, lengths, num_tokens)
         device = values.device
@@ -432,6 +442,11 @@ class STEPEncoder(PreTrainedModel):
         fine_structure = torch.cat(fine_structure, dim=-1) if fine_structure else None  # (B, C, N, J + K)
         if statistics is not None:
             hidden = hidden + self.statistics_embedding(statistics)[:, :, None, :]  # (B, C, 1, D) broadcast
+        if fixed_montage and self.channel_embedding is not None:
+            if channels > config.montage_channels:
+                raise ValueError(f"a fixed montage of {channels} channels needs montage_channels >= {channels}; "
+                                 f"this model has {config.montage_channels}")
+            hidden = hidden + self.channel_embedding.weight[:channels, None, :]  # (C, 1, D) broadcast
         hidden = hidden + sinusoids(max_tokens, config.hidden_size, config.max_timescale, device)  # (N, D) bcast
 
         # 4. axial Transformer
@@ -468,8 +483,9 @@ class STEPEncoder(PreTrainedModel):
 
         pooling: None = `config.embedding_pooling` (the recipe measured best, see STEPConfig); `pooled` = the
         forward pass's LayerNorm(mean) vector (hidden,); or '+'-joined parts of `pool_embedding` (mean, std, max,
-        stats, structure) over the final tokens. keep_channels: concatenate per-channel vectors in channel order
-        (for a fixed montage) instead of averaging channels; all series must then have the same channel count.
+        stats, structure) over the final tokens. keep_channels: the series share a fixed montage, so channels get
+        their identities (if the model has them) and per-channel vectors are concatenated in channel order instead
+        of averaged; all series must then have the same channel count.
 
         Series are grouped by channel count and by length (within a factor 2, so padding at most doubles the
         work), at most `batch_size` series and `max_batch_samples` padded values per batch (a longer series goes
@@ -498,7 +514,8 @@ class STEPEncoder(PreTrainedModel):
                     values[row, :, : arrays[i].shape[1]] = arrays[i]
                 lengths = torch.tensor([arrays[i].shape[1] for i in batch])  # (B,)
                 batch_rates = torch.tensor([np.nan if rates[i] is None else float(rates[i]) for i in batch])
-                out = self(torch.from_numpy(values).to(self.device), lengths, sampling_rate=batch_rates)
+                out = self(torch.from_numpy(values).to(self.device), lengths, sampling_rate=batch_rates,
+                           fixed_montage=keep_channels)
                 if pooling == "pooled":
                     vectors = out.pooled
                 else:
