@@ -10,7 +10,7 @@ Summary loss (RADIO/UNIC-style, `summary_weight`): users read a pooled vector, s
 pooled standardised targets (mean and std over its valid tokens), with the same cosine + smooth-L1 form.
 
 Structure loss (ours, `structure_weight`): a head reads each final token back into that token's own fine-structure
-inputs (lag increments and octave band powers), so the network keeps what its input said at every scale even where
+inputs (lag increments and band powers), so the network keeps what its input said at every scale even where
 no teacher asks for it (distillation alone dropped it: a random-weight student probed better on audio calls).
 """
 

@@ -57,15 +57,16 @@ class STEPConfig(PreTrainedConfig):
             content faster than about 2 beta S / P samples). 0 = off, the paper's tokens (and the default, so
             that models saved without the field load as they were); the cpu-small preset uses 8 (lags up to 128
             samples; README, "Fine structure", gives what it measured).
-        structure_bands: K; every token also gets its window's log power in K octave bands of frequency (0.25-0.5
-            cycles per sample, 0.125-0.25, ...), from the periodogram of the window: where along the spectrum an
-            event sits, which the lag increments (high-pass measures) leave tangled with the noise's slope. 0 = off
-            (the default, for models saved without the field); cpu-small uses 24 third octaves (8 octaves, down to
-            0.002 cycles per sample).
-        bands_per_octave: how finely `structure_bands` split the spectrum: 1 = octaves (the default, for models
-            saved without the field), 3 = third octaves (cpu-small; K = 24 then spans 8 octaves), so that a call's
-            pitch or a chirp's track is placed within its octave, as a spectrogram teacher places it (README, "What
-            each change measured": +0.03 generated mean F1 in each of four runs, real sets unchanged).
+        structure_bands: K; every token also gets its window's log power in K bands of frequency (octaves 0.25-0.5,
+            0.125-0.25, ... cycles per sample, or finer: bands_per_octave), from the periodogram of the window: where
+            along the spectrum an event sits, which the lag increments (high-pass measures) leave tangled with the
+            noise's slope. 0 = off
+            (the default, for models saved without the field); cpu-small uses 8 (down to 0.002 cycles per sample).
+        bands_per_octave: how finely `structure_bands` split the spectrum: 1 = octaves (the default, and
+            cpu-small's), 3 = third octaves (K = 24 then spans 8 octaves), which place a call's pitch or a chirp's
+            track within its octave, as a spectrogram teacher does. Not the default: measured in five runs, thirds
+            gave +0.026 generated mean F1 and -0.013 on the real sets, on average (README, "What each change
+            measured"), and the real sets are judged first.
 
     Channel identity (our addition, not in the paper):
         montage_channels: M learned channel-identity vectors; vector c is added to every token of channel c when
@@ -190,7 +191,7 @@ PRESETS: dict[str, dict] = {
     # takes ~0.6-0.8 s on one CPU core.
     "cpu-small": dict(
         hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-        patch_points=32, front_end_channels=32, structure_lags=8, structure_bands=24, bands_per_octave=3,
+        patch_points=32, front_end_channels=32, structure_lags=8, structure_bands=8,
         embedding_pooling="mean+std+max+stats+structure",
     ),
     # The paper's width (768) with 12 blocks: 117M parameters. The paper reports 17 blocks (num_hidden_layers=17:

@@ -8,16 +8,16 @@ Data flow for a batch of B series with C channels, padded on the right to T samp
          window of span beta * S centred at (n + 1/2) S, resampled to P points                     (B, C, N, P)
       -> convolutional front end, the same for every channel                                       (B, C, N, D)
       -> + fine structure: log mean squared increment at lags 1, 2, 4, ... samples within each window  (B, C, N, D)
-      -> + octave band powers: log power per octave of frequency in each window's periodogram          (B, C, N, D)
+      -> + band powers: log power per (third) octave of frequency in each window's periodogram        (B, C, N, D)
       -> + signed-log mean and std of the channel (the statistics taken out above)                 (B, C, N, D)
       -> + channel identity, only for a fixed montage and only if the config has some              (B, C, N, D)
       -> + sinusoidal positions along time
       -> blocks: attention along time, attention along channels (axial), GELU MLP; pre-LayerNorm   (B, C, N, D)
       -> final LayerNorm = last_hidden_state; mean over valid tokens and channels, LayerNorm = pooled  (B, D)
 
-Outside a declared montage nothing has a per-channel-index parameter, so the same weights take 1 or 58 channels. Padding never enters a
-result: statistics, windows, attention and pooling all use each series' own length, so a batch of mixed lengths
-gives what each series gives alone.
+Outside a declared montage nothing has a per-channel-index parameter, so the same weights take 1 or 58 channels.
+Padding never enters a result: statistics, windows, attention and pooling all use each series' own length, so a
+batch of mixed lengths gives what each series gives alone.
 
 Patching is linear in T: one prefix sum over the signal, then each window reads only its own support.
 """
@@ -51,7 +51,7 @@ class STEPEncoderOutput(ModelOutput):
     patching_loss: () weighted Huber penalties of the adaptive stride (0 when N is forced or patching is fixed).
     strides: (batch,) stride S in samples that was used.
     num_tokens: (batch,) number of valid tokens N.
-    fine_structure: (batch, channels, tokens, J + K) each token's lag increments and octave band powers, the
+    fine_structure: (batch, channels, tokens, J + K) each token's lag increments and band powers, the
         inputs `window_structure` and `window_band_powers` computed (None when both are off).
     """
 
@@ -342,7 +342,7 @@ class STEPEncoder(PreTrainedModel):
         # Linear(J, D) on each token's fine structure (window_structure), added to the front end's token
         self.structure_embedding = (nn.Linear(config.structure_lags, config.hidden_size) if config.structure_lags
                                     else None)
-        # Linear(K, D) on each token's octave band powers (window_band_powers), added likewise
+        # Linear(K, D) on each token's band powers (window_band_powers), added likewise
         self.band_embedding = (nn.Linear(config.structure_bands, config.hidden_size) if config.structure_bands
                                else None)
         # one learned vector per channel index of a fixed montage, added to every token of that channel
