@@ -220,6 +220,7 @@ def distill(
 ) -> None:
     """Train the STEP student from the feature stores (no teacher is loaded) into distill.output_dir."""
     from pipeline.distill.loader import StoreCoverageError
+    from pipeline.distill.train import NonFiniteLossError
     from schemas.loading import ConfigError
     from stages import distill as stage
 
@@ -231,7 +232,7 @@ def distill(
         raise typer.Exit(code=subprocess.run(command).returncode)
     try:
         stage.run(str(params), resume=resume, device=device, max_steps=max_steps)
-    except (ConfigError, StoreCoverageError, FileNotFoundError) as exc:
+    except (ConfigError, StoreCoverageError, NonFiniteLossError, FileNotFoundError) as exc:
         fail(str(exc))
 
 

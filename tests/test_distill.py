@@ -277,3 +277,28 @@ def test_batches_of_a_fixed_montage_train_the_channel_identities(extracted_proje
         objective(student, batch)[0].backward()
         grad = student.channel_embedding.weight.grad
         assert (grad is not None and bool(grad.abs().sum() > 0)) is montage
+
+
+def test_a_non_finite_loss_stops_before_the_update_naming_the_batch(extracted_project, tmp_path, monkeypatch):
+    from pipeline.distill import train
+
+    root, params_path = extracted_project
+    params = params_in(root, params_path, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
+                       reports_dir=str(tmp_path / "r"), checkpoint_every=2)
+    calls = []
+    forward = train.StudentWithObjective.forward
+
+    def nan_on_the_fourth_step(self, batch):
+        loss, parts = forward(self, batch)
+        calls.append(batch.dataset)
+        return (loss * float("nan"), parts) if len(calls) == 4 else (loss, parts)
+
+    monkeypatch.setattr(train.StudentWithObjective, "forward", nan_on_the_fourth_step)
+    with pytest.raises(train.NonFiniteLossError) as error:
+        distill(params)
+    message = str(error.value)
+    assert message.startswith("step 4: loss nan") and f"on data set '{calls[3]}', segments [" in message
+    assert "no update was applied" in message and str(tmp_path / "c/latest") in message
+    weights = load_file(tmp_path / "c/latest/weights.safetensors")  # step 2's checkpoint, untouched and finite
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (tmp_path / "m").exists()

@@ -448,6 +448,20 @@ def test_pool_embedding_ignores_padding_and_keeps_channels_apart_when_asked():
         pool_embedding(tokens, mask, "mean+stats")
 
 
+def test_std_pooling_has_a_finite_gradient_for_one_token_or_identical_tokens():
+    from pipeline.student.pooling import token_moment
+
+    tokens = torch.randn(3, 2, 4, 5, requires_grad=True)  # (B, C, N, F)
+    mask = torch.tensor([[True, False, False, False], [True] * 4, [True] * 4])  # series 0: one valid token
+    with torch.no_grad():
+        tokens[2] = tokens[2, :, :1]  # series 2: four identical tokens
+    std = token_moment(tokens, mask, "std")
+    assert (std[0] == 0).all() and (std[2] == 0).all() and (std[1] > 0).all()
+    std.sum().backward()
+    assert torch.isfinite(tokens.grad).all()
+    np.testing.assert_allclose(std[1].detach(), tokens[1].detach().std(dim=1, unbiased=False), rtol=1e-5)
+
+
 def test_structure_pooling_reads_the_fine_structure_inputs(model):
     """`structure` appends mean, std and max over valid tokens of the inputs the forward pass returns as
     fine_structure; alone it is the no-network baseline; a model without fine structure refuses it."""

@@ -63,6 +63,18 @@ def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A step gave a NaN or infinite loss or gradient: stopped before it reaches the weights, naming the batch."""
+
+    def __init__(self, step: int, batch, loss: torch.Tensor, grad_norm: torch.Tensor, parts: dict, checkpoint: Path):
+        values = {name: round(value.item(), 4) for name, value in parts.items()}
+        super().__init__(
+            f"step {step + 1}: loss {loss.item()}, gradient norm {grad_norm.item()} (parts {values}) on data set "
+            f"{batch.dataset!r}, segments {batch.segment_ids[:3]}{' ...' if len(batch.segment_ids) > 3 else ''} "
+            f"(values {tuple(batch.values.shape)}, lengths {int(batch.lengths.min())}..{int(batch.lengths.max())}); "
+            f"no update was applied, and {checkpoint} (if any) holds the last good weights for --resume")
+
+
 class StudentWithObjective(torch.nn.Module):
     """The student and its heads as one module whose forward is the loss: what DDP wraps (one forward per
     step even when force_stride runs the student once per token grid)."""
@@ -264,6 +276,8 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(heads.parameters()),
                                                        config.grad_clip)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # before the step: weights stay finite
+                raise NonFiniteLossError(step, batch, loss, grad_norm, parts, checkpoint)
             optimizer.step()
             step += 1
             seen += len(batch.segment_ids) * world_size

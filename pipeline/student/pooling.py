@@ -55,4 +55,8 @@ def token_moment(tokens: torch.Tensor, token_mask: torch.Tensor, moment: str) ->
     mean = (tokens * mask).sum(dim=2) / count  # (B, C, F)
     if moment == "mean":
         return mean
-    return (((tokens - mean[:, :, None]) ** 2 * mask).sum(dim=2) / count).sqrt()
+    variance = ((tokens - mean[:, :, None]) ** 2 * mask).sum(dim=2) / count  # (B, C, F)
+    # sqrt's slope is infinite at 0 (a series of one token, or of identical ones): there the std is 0 and its
+    # gradient 0, never NaN (a fixed-stride student on 16-sample series trained on NaN weights before this)
+    safe = variance.clamp_min(torch.finfo(variance.dtype).tiny)
+    return torch.where(variance > 0, safe.sqrt(), 0.0)
