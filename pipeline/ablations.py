@@ -52,15 +52,46 @@ def run(names: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablations {unknown}; known: {list(ABLATIONS)}")
-    for name in names:
-        subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock"], check=True)
-        overrides = [arg for override in ABLATIONS[name] for arg in ("-S", override)]
-        log.info("experiment %s: %s", name, " ".join(ABLATIONS[name]) or "params.yaml as committed")
-        subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # a rerun replaces it (absent: no-op)
-        # no --force: that would reproduce every stage (extraction too), not only what the overrides change
-        subprocess.run(["dvc", "exp", "run", "-n", name, *overrides], check=True)
-    subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "reports"], check=True)
-    subprocess.run(["dvc", "checkout"], check=True)
+    branch = current_branch()
+    if branch is None:
+        raise RuntimeError("HEAD is detached: check out the branch you commit to (e.g. `git checkout main`) before "
+                           "running ablations, so that the commits after them land on it")
+    try:
+        for name in names:
+            subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock"], check=True)
+            overrides = [arg for override in ABLATIONS[name] for arg in ("-S", override)]
+            log.info("experiment %s: %s", name, " ".join(ABLATIONS[name]) or "params.yaml as committed")
+            subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # a rerun replaces it (absent: no-op)
+            # no --force: that would reproduce every stage (extraction too), not only what the overrides change
+            subprocess.run(["dvc", "exp", "run", "-n", name, *overrides], check=True)
+    finally:
+        subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "reports"], check=True)
+        subprocess.run(["dvc", "checkout"], check=True)
+        reattach(branch)
+
+
+def current_branch() -> str | None:
+    """The checked-out branch, or None when HEAD is detached."""
+    result = subprocess.run(["git", "symbolic-ref", "--quiet", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
+def reattach(branch: str) -> None:
+    """Put `branch` back if a `dvc exp run` that stopped midway left HEAD detached at the branch's commit.
+
+    Why: commits made on a detached HEAD move no branch, so they never reach the branch that is pushed; this
+    happened here after an interrupted experiment. A detached HEAD at any other commit is left alone, loudly.
+    """
+    if current_branch() is not None:
+        return
+    head, tip = (subprocess.run(["git", "rev-parse", ref], capture_output=True, text=True, check=True).stdout.strip()
+                 for ref in ("HEAD", branch))
+    if head == tip:
+        subprocess.run(["git", "checkout", "--quiet", branch], check=True)
+        log.warning("HEAD was left detached at %s's commit; checked out %s again", branch, branch)
+    else:
+        log.error("HEAD is detached at %s, not at %s (%s): check out %s before committing", head[:7], branch,
+                  tip[:7], branch)
 
 
 def table(experiments: list[dict] | None = None) -> str:

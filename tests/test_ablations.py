@@ -48,3 +48,31 @@ def test_every_variant_applies_to_the_committed_params_and_validates(tmp_path):
         assert (params == default) == (name == "default"), name
     in_domain = yaml.safe_load((tmp_path / "in-domain-corpus.yaml").read_text())["distill"]["datasets"]
     assert in_domain and all(name.startswith("pretrain_") for name in in_domain)
+
+
+def test_a_detached_head_is_refused_and_reattached_after_an_interrupted_experiment(tmp_path, monkeypatch):
+    """An interrupted `dvc exp run` can leave HEAD detached; commits made there reach no branch."""
+    import subprocess
+
+    import pytest
+
+    from pipeline.ablations import current_branch, reattach, run
+
+    git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "--quiet", "--initial-branch", "main")
+    (tmp_path / "f").write_text("1")
+    git("add", "f")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "one")
+    monkeypatch.chdir(tmp_path)
+    assert current_branch() == "main"
+    git("checkout", "--quiet", "--detach")
+    assert current_branch() is None
+    with pytest.raises(RuntimeError, match="HEAD is detached: check out the branch"):
+        run(["default"])
+    reattach("main")  # detached at main's commit: main is checked out again
+    assert current_branch() == "main"
+    (tmp_path / "f").write_text("2")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "two")
+    git("checkout", "--quiet", "HEAD~1")  # detached elsewhere: left as it is
+    reattach("main")
+    assert current_branch() is None
