@@ -39,6 +39,13 @@ ABLATIONS: dict[str, list[str]] = {
     # learned channel identities for fixed montages (off by default: not better in three runs, README)
     "channel-identity": ["+student.overrides.montage_channels=64"],
     "no-structure-loss": ["distill.structure_weight=0.0"],
+    "summary-max": ["distill.summary_pooling=mean+std+max"],  # the summary loss also matches the targets' max
+    "spectral-weight-3": ["+distill.teacher_weights.spectral=3.0"],
+    # many-channel training segments show the student 4 random channels (cheaper steps, bounded activations)
+    "max-channels-4": ["distill.max_channels=4"],
+    # corpus size at the same training budget (1200 steps): every generated pretraining set scaled
+    "corpus-scale-0.5": ["corpus.scale=0.5"],
+    "corpus-scale-2": ["corpus.scale=2.0"],
     "600-steps": ["distill.max_steps=600"],
     # the distillation corpus without the broad `corpus_*` sets: the probe generators' own pretraining seeds only
     "in-domain-corpus": ["distill.datasets=[pretrain_gw,pretrain_lightcurves,pretrain_seismic,pretrain_bioacoustics,"

@@ -135,6 +135,11 @@ class DistillParams(Section):
         description="Weight of the summary loss: the student's mean+std pooled tokens, through a summary head per "
         "teacher, against that teacher's mean+std pooled standardised targets (0: off).",
     )
+    summary_pooling: Literal["mean+std", "mean+std+max"] = Field(
+        "mean+std",
+        description="How the summary loss pools the student's tokens and each teacher's targets: mean+std, or "
+        "mean+std+max (the moments the embedding and the probe read; the max keeps a transient in a few tokens).",
+    )
     structure_weight: float = Field(
         1.0, ge=0,
         description="Weight of the structure loss: a head on each final token predicts that token's own fine-structure "
@@ -148,6 +153,13 @@ class DistillParams(Section):
         "integer factor that fits, so the student's forced token count and attention stay bounded.",
     )
     batch_size: int = Field(16, ge=1, description="Segments per step.")
+    max_channels: int | None = Field(
+        None, ge=1,
+        description="Training segments with more channels than this show the student a random subset of this many "
+        "(drawn per segment and step, kept in order; targets unchanged: the teachers' features are channel "
+        "averages). Bounds a step's activations by batch_size x max_channels series; validation sees every channel. "
+        "None: all channels. Not with a student that has channel identities (montage_channels).",
+    )
     max_steps: int = Field(1200, ge=1, description="Optimisation steps (1200 fit the 20-minute default on 2 cores).")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")

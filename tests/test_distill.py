@@ -3,6 +3,7 @@
 import json
 import shutil
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -168,13 +169,39 @@ def test_validation_loss_per_source_and_memory_are_reported(extracted_project, t
     assert (tmp_path / "r/distill/val_loss_by_source.png").stat().st_size > 1000
 
 
-def test_summary_loss_trains_its_own_heads(extracted_project, tmp_path):
+@pytest.mark.parametrize("pooling", ["mean+std", "mean+std+max"])
+def test_summary_loss_trains_its_own_heads(extracted_project, tmp_path, pooling):
     root, params_path = extracted_project
     metrics = distill(params_in(root, params_path, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
-                                reports_dir=str(tmp_path / "r"), summary_weight=1.0))
+                                reports_dir=str(tmp_path / "r"), summary_weight=1.0, summary_pooling=pooling))
     assert np.isfinite(metrics["val_loss"]["total"])
     weights = load_file(tmp_path / "c/latest/weights.safetensors")
-    assert any(k.startswith("heads.summary_heads.spectral") for k in weights)
+    head = weights["heads.summary_heads.spectral.1.weight"]  # (moments F, moments H): one block per pooled moment
+    moments = len(pooling.split("+"))
+    student = STEPEncoder.from_pretrained(tmp_path / "m")
+    assert head.shape == (moments * 28, moments * student.config.hidden_size)
+
+
+def test_summary_loss_with_max_pooling_reads_the_targets_maximum():
+    """Two teacher token sequences with the same mean and std but another maximum (one tall peak against two
+    plateaus): mean+std summary targets cannot tell them apart, mean+std+max targets can."""
+    from pipeline.distill.objective import DistillationObjective, TeacherHeads
+    from pipeline.student.modeling_step import STEPEncoderOutput
+
+    torch.manual_seed(0)
+    out = STEPEncoderOutput(last_hidden_state=torch.randn(1, 1, 4, 8), token_mask=torch.ones(1, 4, dtype=torch.bool))
+    plateaus = torch.tensor([-1.0, -1.0, 1.0, 1.0])[None, :, None]  # (B, N, F): mean 0, std 1, max 1
+    peak = torch.tensor([3 ** 0.5, -(3 ** -0.5), -(3 ** -0.5), -(3 ** -0.5)])[None, :, None]  # mean 0, std 1, max 1.73
+    losses = {}
+    for pooling in ("mean+std", "mean+std+max"):
+        heads = TeacherHeads(8, {"t": 1}, summary=True, summary_moments=len(pooling.split("+")))
+        objective = DistillationObjective(heads, {"t": 1.0}, "interpolate", 0.0, 1.0, 1.0, 0.0, 1.0,
+                                          summary_pooling=pooling)
+        losses[pooling] = [objective.summary_loss(out, SimpleNamespace(n_tokens={"t": torch.tensor([4])},
+                                                                       targets={"t": target})).item()
+                           for target in (plateaus, peak)]
+    assert losses["mean+std"][0] == pytest.approx(losses["mean+std"][1], abs=1e-6)
+    assert abs(losses["mean+std+max"][0] - losses["mean+std+max"][1]) > 1e-3
 
 
 def test_structure_loss_trains_its_own_head_and_needs_fine_structure(extracted_project, tmp_path):
@@ -277,6 +304,48 @@ def test_batches_of_a_fixed_montage_train_the_channel_identities(extracted_proje
         objective(student, batch)[0].backward()
         grad = student.channel_embedding.weight.grad
         assert (grad is not None and bool(grad.abs().sum() > 0)) is montage
+
+
+def test_training_batches_show_a_seeded_channel_subset_and_validation_every_channel(extracted_project, tmp_path):
+    from data_catalog.catalog import load_catalog
+    from pipeline.distill.loader import DistillationData, open_training_data
+    from pipeline.feature_store import FeatureStore, store_location
+
+    root, params_path = extracted_project
+    params = load_params(params_path)
+    catalog = load_catalog(params.prepare.catalog)
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
+    radar = catalog.get("pre_radar").model_copy(update={"channel_names": ["I", "Q"]})  # two channels, a montage
+    datasets = open_training_data([radar], catalog, params.prepare.series_store, stores, params.segments.max_samples)
+
+    def batches(max_channels, seed):
+        data = DistillationData(datasets, stores, 4, 2, 0, 0.0, 0, max_channels=max_channels)
+        return list(data.batches(data.epoch_plan(0), augment_seed=seed))
+
+    whole, subset, again = batches(None, 5), batches(1, 5), batches(1, 5)
+    other_seed = batches(1, 6)
+    assert all(b.values.shape[1] == 2 and b.fixed_montage for b in whole)
+    picked = []
+    for w, s, a in zip(whole, subset, again):
+        assert s.values.shape[1] == 1 and not s.fixed_montage  # a subset is not the montage's order any more
+        assert torch.equal(s.values, a.values)  # a function of (seed, batch index): resumes draw the same
+        for k in range(len(s.segment_ids)):
+            matches = [c for c in range(2) if torch.equal(s.values[k, 0], w.values[k, c])]
+            assert matches, "a subset channel must be one of the segment's own channels"
+            picked.append(matches[0])
+        for teacher in w.targets:  # targets stay those of all channels
+            assert torch.equal(s.targets[teacher], w.targets[teacher])
+    assert set(picked) == {0, 1}
+    assert any(not torch.equal(s.values, o.values) for s, o in zip(subset, other_seed))
+    assert all(b.values.shape[1] == 2 for b in batches(1, None))  # validation (no seed): every channel
+    assert all(b.values.shape[1] == 2 for b in batches(2, 5))  # not more channels than max_channels: unchanged
+
+    params = params_in(root, params_path, max_channels=1, max_steps=2, output_dir=str(tmp_path / "m"),
+                       checkpoint_dir=str(tmp_path / "c"), reports_dir=str(tmp_path / "r"))
+    assert np.isfinite(distill(params)["val_loss"]["total"])
+    params.student.overrides |= {"montage_channels": 2}
+    with pytest.raises(ValueError, match="max_channels.*montage_channels"):
+        distill(params)
 
 
 def test_a_non_finite_loss_stops_before_the_update_naming_the_batch(extracted_project, tmp_path, monkeypatch):

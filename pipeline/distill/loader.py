@@ -162,12 +162,13 @@ class DistillationData:
     def __init__(self, datasets: list[DataSet], stores: dict[str, FeatureStore], batch_size: int,
                  shuffle_blocks: int, prefetch_blocks: int, val_fraction: float, seed: int,
                  crop_min_fraction: float | None = None, max_target_tokens: int = 256, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, max_channels: int | None = None):
         self.datasets = {d.name: d for d in datasets}
         self.rank, self.world_size = rank, world_size  # data-parallel: this rank reads blocks rank::world_size
         self.stores = stores
         self.batch_size, self.shuffle_blocks, self.prefetch = batch_size, shuffle_blocks, prefetch_blocks
         self.seed, self.crop_min_fraction, self.max_target_tokens = seed, crop_min_fraction, max_target_tokens
+        self.max_channels = max_channels
         self.teachers = list(stores)
         # per-feature statistics of each store over the training data sets only (never the probe tasks), for
         # standardised targets; a constant feature keeps std 1e-6
@@ -295,8 +296,11 @@ class DistillationData:
         finally:
             stop_reader(thread, stop, ready)
 
-    def batches(self, plan, skip: int = 0, crop_seed: int | None = None) -> Iterator[Batch]:
-        """Materialise the plan's batches, skipping the first `skip` (resume) without reading their blocks."""
+    def batches(self, plan, skip: int = 0, augment_seed: int | None = None) -> Iterator[Batch]:
+        """Materialise the plan's batches, skipping the first `skip` (resume) without reading their blocks.
+
+        augment_seed: training batches get their random crops and channel subsets from (augment_seed, batch
+        index), so a resumed run draws the same ones; None (validation) leaves segments whole."""
         to_read, skipped = [], 0
         for buffer, batches in plan:
             if not to_read and skipped + len(batches) <= skip:  # whole buffer already trained on: not read
@@ -307,10 +311,10 @@ class DistillationData:
         for blocks, batches in self._prefetched(to_read):
             for dataset, rows in batches[first:]:
                 index += 1
-                yield self._collate(dataset, rows, blocks, crop_seed, index)
+                yield self._collate(dataset, rows, blocks, augment_seed, index)
             first = 0
 
-    def _collate(self, dataset: str, rows: np.ndarray, blocks: dict, crop_seed: int | None, index: int) -> Batch:
+    def _collate(self, dataset: str, rows: np.ndarray, blocks: dict, augment_seed: int | None, index: int) -> Batch:
         data = self.datasets[dataset]
         block_size = data.block_size
         items = []
@@ -320,10 +324,28 @@ class DistillationData:
             values = block["values"][k]
             targets = {t: block["targets"][t][k, : int(block["n_tokens"][t][k])] for t in self.teachers}
             items.append((data.segments[row].id, values, targets, dict.fromkeys(self.teachers, 0.0)))
-        if crop_seed is not None and self.crop_min_fraction is not None:
-            rng = np.random.default_rng([crop_seed, index])
+        if augment_seed is not None and self.crop_min_fraction is not None:
+            rng = np.random.default_rng([augment_seed, index])
             items = [self._crop(item, data, rng) for item in items]
-        return collate_segments(data, self.teachers, items, self.max_target_tokens)
+        subsets = (augment_seed is not None and self.max_channels is not None
+                   and items[0][1].shape[0] > self.max_channels)  # one data set per batch: one channel count
+        if subsets:
+            rng = np.random.default_rng([augment_seed, index, 1])
+            items = [self._channel_subset(item, rng) for item in items]
+        batch = collate_segments(data, self.teachers, items, self.max_target_tokens)
+        if subsets:
+            batch.fixed_montage = False  # channel c of a subset is no longer the montage's c-th sensor
+        return batch
+
+    def _channel_subset(self, item, rng: np.random.Generator):
+        """`max_channels` of the segment's channels, drawn without replacement and kept in montage order.
+
+        The targets stay those of all channels: the teachers' features are channel averages (and spreads), which
+        a random subset estimates; the student's channel attention still sees several channels at once.
+        """
+        segment_id, values, targets, offsets = item
+        keep = np.sort(rng.choice(values.shape[0], self.max_channels, replace=False))
+        return segment_id, values[keep], targets, offsets
 
     def _crop(self, item, data: DataSet, rng: np.random.Generator):
         """A random crop cut at token boundaries of the coarsest teacher, with every teacher's matching tokens.
@@ -394,7 +416,8 @@ def distillation_data(params: Params, rank: int = 0, world_size: int = 1) -> Dis
     return DistillationData(datasets, stores, config.batch_size, config.shuffle_blocks, config.prefetch_blocks,
                             config.val_fraction, config.seed,
                             crop_min_fraction=config.crop.min_fraction if config.crop.enabled else None,
-                            max_target_tokens=config.max_target_tokens, rank=rank, world_size=world_size)
+                            max_target_tokens=config.max_target_tokens, rank=rank, world_size=world_size,
+                            max_channels=config.max_channels)
 
 
 def open_training_data(datasets, catalog, series_store: str, stores: dict[str, FeatureStore],

@@ -32,7 +32,7 @@ class TeacherHeads(nn.Module):
     """
 
     def __init__(self, hidden_size: int, feature_dims: dict[str, int], kind: str = "linear", summary: bool = False,
-                 structure_dim: int = 0):
+                 structure_dim: int = 0, summary_moments: int = 2):
         super().__init__()
 
         def head(width: int, dim: int) -> nn.Module:
@@ -41,9 +41,10 @@ class TeacherHeads(nn.Module):
             return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, dim))
 
         self.heads = nn.ModuleDict({name: head(hidden_size, dim) for name, dim in feature_dims.items()})
-        # summary heads: the student's (mean, std) pooled tokens -> the teacher's (mean, std) pooled targets
+        # summary heads: the student's pooled tokens (mean, std[, max]) -> the teacher's targets pooled the same way
         self.summary_heads = nn.ModuleDict(
-            {name: head(2 * hidden_size, 2 * dim) for name, dim in feature_dims.items()} if summary else {}
+            {name: head(summary_moments * hidden_size, summary_moments * dim) for name, dim in feature_dims.items()}
+            if summary else {}
         )
         # structure head: each final token -> its own fine-structure inputs (lag increments, band powers)
         self.structure_head = head(hidden_size, structure_dim) if structure_dim else None
@@ -52,7 +53,7 @@ class TeacherHeads(nn.Module):
         return self.heads[teacher](tokens)  # (batch, tokens, hidden) -> (batch, tokens, feature)
 
     def summary(self, teacher: str, pooled: torch.Tensor) -> torch.Tensor:
-        return self.summary_heads[teacher](pooled)  # (batch, 2 hidden) -> (batch, 2 feature)
+        return self.summary_heads[teacher](pooled)  # (batch, moments hidden) -> (batch, moments feature)
 
 
 def token_mask(n_tokens: torch.Tensor, length: int) -> torch.Tensor:
@@ -94,12 +95,12 @@ class DistillationObjective(nn.Module):
 
     def __init__(self, heads: TeacherHeads, weights: dict[str, float], alignment: str, cosine_weight: float,
                  smooth_l1_weight: float, smooth_l1_beta: float, patching_weight: float, summary_weight: float = 0.0,
-                 structure_weight: float = 0.0):
+                 structure_weight: float = 0.0, summary_pooling: str = "mean+std"):
         super().__init__()
         self.heads, self.weights, self.alignment = heads, weights, alignment
         self.cosine_weight, self.smooth_l1_weight, self.beta = cosine_weight, smooth_l1_weight, smooth_l1_beta
         self.patching_weight, self.summary_weight = patching_weight, summary_weight
-        self.structure_weight = structure_weight
+        self.structure_weight, self.summary_pooling = structure_weight, summary_pooling
 
     def forward(self, student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its parts: one per teacher (unweighted), `patching`, and `summary` when it is on."""
@@ -153,11 +154,11 @@ class DistillationObjective(nn.Module):
 
     def summary_loss(self, out, batch) -> torch.Tensor:
         """Teacher-weighted mean over teachers of the loss between summary-head outputs and pooled targets."""
-        pooled = pool_embedding(out.last_hidden_state, out.token_mask, "mean+std")  # (batch, 2 H)
+        pooled = pool_embedding(out.last_hidden_state, out.token_mask, self.summary_pooling)  # (batch, moments H)
         losses, weights = [], []
         for teacher, target in batch.targets.items():
             mask = token_mask(batch.n_tokens[teacher], target.shape[1])  # (batch, N_k)
-            pooled_target = pool_embedding(target[:, None].float(), mask, "mean+std")  # (batch, 2 F)
+            pooled_target = pool_embedding(target[:, None].float(), mask, self.summary_pooling)  # (batch, moments F)
             prediction = self.heads.summary(teacher, pooled)
             ones = torch.ones(prediction.shape[0], 1, dtype=torch.bool, device=prediction.device)
             losses.append(token_loss(prediction[:, None], pooled_target[:, None], ones, self.cosine_weight,

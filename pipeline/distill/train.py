@@ -203,12 +203,16 @@ def student_and_objective(params: Params, config, stores: dict[str, FeatureStore
     if config.structure_weight and not structure_dim:
         raise ValueError("distill.structure_weight > 0 needs fine-structure inputs to predict: set the student's "
                          "structure_lags or structure_bands (student.overrides), or distill.structure_weight: 0")
+    if config.max_channels is not None and student_config.montage_channels:
+        raise ValueError("distill.max_channels shows the student channel subsets, which break the channel identities "
+                         "of student.overrides.montage_channels: set one of them, not both")
     heads = TeacherHeads(student_config.hidden_size, dims, config.head, summary=config.summary_weight > 0,
-                         structure_dim=structure_dim).to(device)
+                         structure_dim=structure_dim,
+                         summary_moments=len(config.summary_pooling.split("+"))).to(device)
     weights = {t: config.teacher_weights.get(t, 1.0) for t in stores}
     objective = DistillationObjective(heads, weights, config.alignment, config.cosine_weight,
                                       config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight,
-                                      config.summary_weight, config.structure_weight)
+                                      config.summary_weight, config.structure_weight, config.summary_pooling)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     return model, heads, objective, optimizer
@@ -266,7 +270,7 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
     while step < config.max_steps:
         epoch, skip = data.locate(step)
         plan = data.epoch_plan(epoch)
-        for batch in data.batches(plan, skip=skip, crop_seed=config.seed * 1_000_003 + epoch):
+        for batch in data.batches(plan, skip=skip, augment_seed=config.seed * 1_000_003 + epoch):
             lr = learning_rate(step, config.lr, config.warmup_steps, config.max_steps, config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
