@@ -8,17 +8,23 @@ the mean train loss over the last quarter of the steps, and the ratio new / toda
 
 Modes:
 - today: the step as of the profile in README ("Training speed"): channel attention always runs its full
-  attention, even over one channel;
-- new: the shipped code path (attention over one channel is exactly out_proj(v_proj(x)): no q, k, no copies);
+  attention, even over one channel, and every segment shows all its channels;
+- new: the shipped code path (attention over one channel is exactly out_proj(v_proj(x)): no q, k, no copies), and
+  `distill.max_channels` of params (or --max-channels): a segment with more channels shows a seeded random subset
+  of that many (the loader's `_channel_subset`), so this mode trains on fewer channel-tokens per batch; its loss
+  is still against the same targets;
 - bf16: the new path under torch.autocast(bfloat16) (`distill.bf16`), optional with --bf16 (slow on CPUs without
   native bf16: ~11x slower than float32 on this AVX2 machine).
 
-    .venv/bin/python bench/distill_throughput.py [--steps 60] [--quick] [--bf16]
+    .venv/bin/python bench/distill_throughput.py [--steps 60] [--quick] [--bf16] [--max-channels K]
 """
 
 import argparse
+import dataclasses
 import itertools
 import time
+
+import numpy as np
 
 import torch
 
@@ -50,10 +56,17 @@ class Trainer:
             params, config, stores, torch.device("cpu"))
         self.parameters = list(self.model.parameters()) + list(self.heads.parameters())
         self.mode, self.grad_clip = mode, config.grad_clip
+        self.max_channels = None if mode == "today" else config.max_channels
+        self.rng = np.random.default_rng(config.seed)
         self.seconds, self.segments, self.losses = 0.0, 0, []
 
     def step(self, batch) -> None:
         new_forward = modeling_step.STEPBlock.forward
+        if self.max_channels is not None and batch.values.shape[1] > self.max_channels:
+            keep = [np.sort(self.rng.choice(batch.values.shape[1], self.max_channels, replace=False))
+                    for _ in batch.segment_ids]
+            values = torch.stack([row[torch.from_numpy(k)] for row, k in zip(batch.values, keep)])
+            batch = dataclasses.replace(batch, values=values, fixed_montage=False)
         if self.mode == "today":
             modeling_step.STEPBlock.forward = block_forward_today
         try:
@@ -77,10 +90,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="12 steps per mode (under 2 minutes)")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--max-channels", type=int, help="the new mode's distill.max_channels (default: params')")
     args = parser.parse_args()
     steps = 12 if args.quick else args.steps
 
     params = load_params(args.params)
+    if args.max_channels:
+        params.distill.max_channels = args.max_channels
     data = distillation_data(params)
     modes = ["today", "new"] + (["bf16"] if args.bf16 else [])
     trainers = {mode: Trainer(params, data.stores, mode) for mode in modes}
@@ -93,7 +109,7 @@ def main() -> None:
     for mode, trainer in trainers.items():
         tail = trainer.losses[-max(1, steps // 4):]
         print(f"{mode}: {trainer.segments / trainer.seconds:.1f} segments/s, train loss over the last quarter "
-              f"{sum(tail) / len(tail):.4f} ({steps} steps)")
+              f"{sum(tail) / len(tail):.4f} ({steps} steps, max_channels {trainer.max_channels})")
     ratio = trainers["today"].seconds / trainers["new"].seconds
     print(f"distill_throughput: ratio={ratio:.2f} (new / today segments/s; goal >= 2)")
 

@@ -147,6 +147,14 @@ class DistillParams(Section):
         "at every scale even where no teacher asks for it (0: off, the paper's objective; > 0 needs a student with "
         "structure_lags or structure_bands).",
     )
+    target_standardisation: Literal["corpus", "source"] = Field(
+        "corpus",
+        description="Units of the token losses' errors. Targets are standardised per feature over the whole "
+        "pretraining corpus; `source` also measures each batch's errors (prediction and target shifted and divided "
+        "alike) in units of its own data set's mean and spread of that feature, so the differences within one data "
+        "set, which a probe of one data set reads, weigh as much as the larger differences between data sets. The "
+        "frame the heads predict in stays the corpus's, so the student need not know the source.",
+    )
     max_target_tokens: int = Field(
         256, ge=1,
         description="A teacher grid with more tokens than this (long segments) is average-pooled by the smallest "

@@ -1,5 +1,6 @@
 """Stage two on a tiny project: trains from stores alone, refuses stale stores, resumes exactly, writes reports."""
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -346,6 +347,60 @@ def test_training_batches_show_a_seeded_channel_subset_and_validation_every_chan
     params.student.overrides |= {"montage_channels": 2}
     with pytest.raises(ValueError, match="max_channels.*montage_channels"):
         distill(params)
+
+
+def test_per_source_standardisation_uses_each_data_sets_own_spread(extracted_project, tmp_path):
+    from data_catalog.catalog import load_catalog
+    from pipeline.distill.loader import SOURCE_MIN_SCALE, DistillationData, open_training_data
+    from pipeline.distill.objective import DistillationObjective, TeacherHeads, token_loss, token_mask
+    from pipeline.feature_store import FeatureStore, store_location
+
+    root, params_path = extracted_project
+    params = load_params(params_path)
+    catalog = load_catalog(params.prepare.catalog)
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
+    entries = [e for e in catalog.datasets if e.role == "pretrain"]
+    datasets = open_training_data(entries, catalog, params.prepare.series_store, stores, params.segments.max_samples)
+    corpus = DistillationData(datasets, stores, 4, 2, 0, 0.0, 0)
+    source = DistillationData(datasets, stores, 4, 2, 0, 0.0, 0, target_standardisation="source")
+    assert next(iter(corpus.batches(corpus.epoch_plan(0)))).target_scale is None
+    for name in ("pre_sleep", "pre_radar"):  # every valid token of the data set, standardised over the corpus
+        tokens = []
+        for chunk in range(stores["spectral"].n_chunks(name)):
+            features, counts, _ = stores["spectral"].read_chunk(name, chunk)
+            tokens += [f[:n] for f, n in zip(np.asarray(features, np.float64), counts)]
+        tokens = (np.concatenate(tokens) - corpus.mean["spectral"].numpy()) / corpus.std["spectral"].numpy()
+        assert np.allclose(source.source_loc[name]["spectral"], tokens.mean(0), atol=1e-3)
+        assert np.allclose(source.source_scale[name]["spectral"], np.maximum(tokens.std(0), SOURCE_MIN_SCALE),
+                           atol=1e-3)
+
+    batch = next(iter(source.batches(source.epoch_plan(0))))
+    assert set(batch.target_scale) == set(stores)
+    from pipeline.student import STEPConfig
+    torch.manual_seed(0)
+    student = STEPEncoder(STEPConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                     patch_points=8, front_end_channels=4))
+    dims = {t: s.manifest.feature_dim for t, s in stores.items()}
+    objective = DistillationObjective(TeacherHeads(16, dims), dict.fromkeys(dims, 1.0), "interpolate", 1.0, 1.0, 1.0,
+                                      0.0)
+    with torch.no_grad():
+        _, parts = objective(student, batch)
+        _, corpus_parts = objective(student, dataclasses.replace(batch, target_loc=None, target_scale=None))
+        out = student(batch.values, batch.lengths, sampling_rate=batch.sampling_rate)
+        from pipeline.distill.objective import tokens_at
+        tokens = tokens_at(out.last_hidden_state.mean(1), out.num_tokens, out.strides,
+                           batch.token_centres["spectral"])
+        target = batch.targets["spectral"]
+        prediction = objective.heads("spectral", tokens[:, : target.shape[1]])
+        loc, scale = batch.target_loc["spectral"], batch.target_scale["spectral"]
+        mask = token_mask(batch.n_tokens["spectral"], target.shape[1])
+        expected = token_loss((prediction - loc) / scale, (target - loc) / scale, mask, 1.0, 1.0, 1.0)
+    assert parts["spectral"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert parts["spectral"].item() != pytest.approx(corpus_parts["spectral"].item(), rel=1e-3)
+
+    params = params_in(root, params_path, target_standardisation="source", max_steps=2,
+                       output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"), reports_dir=str(tmp_path / "r"))
+    assert np.isfinite(distill(params)["val_loss"]["total"])
 
 
 def test_a_non_finite_loss_stops_before_the_update_naming_the_batch(extracted_project, tmp_path, monkeypatch):

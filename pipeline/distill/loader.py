@@ -28,6 +28,10 @@ from schemas.params import Params
 log = logging.getLogger(__name__)
 
 
+# Smallest per-source spread (in units of the corpus's) that `target_standardisation: source` divides by.
+SOURCE_MIN_SCALE = 0.1
+
+
 class StoreCoverageError(RuntimeError):
     """A feature store does not match what the params name (stale, foreign, incomplete or misaligned)."""
 
@@ -53,6 +57,8 @@ class Batch:
     values (batch, channels, time) zero-padded, lengths (batch,); per teacher: targets (batch, tokens, feature)
     standardised, zero-padded, n_tokens (batch,), and token_centres (batch, tokens): the centre of every target
     token in samples of `values` (a pooled group's centre is the mean of its members'), 0 at padding.
+    target_loc, target_scale: per teacher (feature,), the batch's data set's own mean and spread of the
+    standardised targets, when the loss measures errors per source (`distill.target_standardisation: source`).
     """
 
     dataset: str
@@ -64,12 +70,14 @@ class Batch:
     n_tokens: dict[str, torch.Tensor]
     token_centres: dict[str, torch.Tensor]
     fixed_montage: bool = False
+    target_loc: dict[str, torch.Tensor] | None = None
+    target_scale: dict[str, torch.Tensor] | None = None
 
     def to(self, device: torch.device) -> "Batch":
-        move = lambda tensors: {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
+        move = lambda tensors: None if tensors is None else {k: v.to(device) for k, v in tensors.items()}  # noqa: E731
         return Batch(self.dataset, self.segment_ids, self.values.to(device), self.lengths.to(device),
                      self.sampling_rate, move(self.targets), move(self.n_tokens), move(self.token_centres),
-                     self.fixed_montage)
+                     self.fixed_montage, move(self.target_loc), move(self.target_scale))
 
 
 def pad_series(series: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +170,7 @@ class DistillationData:
     def __init__(self, datasets: list[DataSet], stores: dict[str, FeatureStore], batch_size: int,
                  shuffle_blocks: int, prefetch_blocks: int, val_fraction: float, seed: int,
                  crop_min_fraction: float | None = None, max_target_tokens: int = 256, rank: int = 0,
-                 world_size: int = 1, max_channels: int | None = None):
+                 world_size: int = 1, max_channels: int | None = None, target_standardisation: str = "corpus"):
         self.datasets = {d.name: d for d in datasets}
         self.rank, self.world_size = rank, world_size  # data-parallel: this rank reads blocks rank::world_size
         self.stores = stores
@@ -180,6 +188,18 @@ class DistillationData:
         # the same statistics as numpy arrays, for standardising blocks in place (`read_block`)
         self._mean_np = {t: m.numpy() for t, m in self.mean.items()}
         self._std_np = {t: s.numpy() for t, s in self.std.items()}
+        # per source: each data set's own mean and spread of the standardised targets, {data set: {teacher: (F,)}}
+        self.source_loc, self.source_scale = {}, {}
+        if target_standardisation == "source":
+            for d in datasets:
+                self.source_loc[d.name], self.source_scale[d.name] = {}, {}
+                for teacher, store in stores.items():
+                    mean, std = target_statistics(store, [d.name])
+                    self.source_loc[d.name][teacher] = (torch.tensor(mean, dtype=torch.float32)
+                                                        - self.mean[teacher]) / self.std[teacher]
+                    # a feature (nearly) constant within a source has its errors magnified at most 1 / SOURCE_MIN_SCALE
+                    self.source_scale[d.name][teacher] = (torch.tensor(std, dtype=torch.float32)
+                                                          / self.std[teacher]).clamp_min(SOURCE_MIN_SCALE)
         self.val_rows = {d.name: np.array([is_validation(s.id, val_fraction) for s in d.segments], bool)
                          for d in datasets}
         self.blocks = [(d.name, b) for d in datasets for b in range(d.n_blocks)]
@@ -333,6 +353,8 @@ class DistillationData:
             rng = np.random.default_rng([augment_seed, index, 1])
             items = [self._channel_subset(item, rng) for item in items]
         batch = collate_segments(data, self.teachers, items, self.max_target_tokens)
+        if dataset in self.source_loc:
+            batch.target_loc, batch.target_scale = self.source_loc[dataset], self.source_scale[dataset]
         if subsets:
             batch.fixed_montage = False  # channel c of a subset is no longer the montage's c-th sensor
         return batch
@@ -417,7 +439,8 @@ def distillation_data(params: Params, rank: int = 0, world_size: int = 1) -> Dis
                             config.val_fraction, config.seed,
                             crop_min_fraction=config.crop.min_fraction if config.crop.enabled else None,
                             max_target_tokens=config.max_target_tokens, rank=rank, world_size=world_size,
-                            max_channels=config.max_channels)
+                            max_channels=config.max_channels,
+                            target_standardisation=config.target_standardisation)
 
 
 def open_training_data(datasets, catalog, series_store: str, stores: dict[str, FeatureStore],

@@ -130,6 +130,9 @@ class DistillationObjective(nn.Module):
         for teacher, tokens in on_grid.items():
             target = batch.targets[teacher]                       # (batch, N_k, F_k), standardised
             prediction = self.heads(teacher, tokens[:, : target.shape[1]])
+            if batch.target_scale is not None:  # errors in units of this data set's own spread (same frame)
+                loc, scale = batch.target_loc[teacher], batch.target_scale[teacher]  # (F_k,) each
+                prediction, target = (prediction - loc) / scale, (target - loc) / scale
             mask = token_mask(batch.n_tokens[teacher], target.shape[1])
             parts[teacher] = token_loss(prediction, target, mask, self.cosine_weight, self.smooth_l1_weight,
                                         self.beta)
