@@ -1,13 +1,16 @@
-"""Resident memory of a long distillation, with glibc's malloc arenas bounded (shipped) and unbounded (before).
+"""Resident memory of a long distillation: the shipped settings against the previous ones, side by side.
 
-Each mode runs the default distillation (params.yaml, the extracted stores) for --steps steps in a fresh process,
-validating every steps/10 steps; the distill loop records resident memory at each validation (reports/distill/
-memory.csv). Prints RSS at those steps for both modes, side by side, and as its last line the peak of each and
-the growth from the first tenth of the run to its end, e.g.
-`distill_memory: peak bounded=1.9 GB unbounded=2.6 GB; growth bounded=+0.1 GB unbounded=+0.8 GB (goal: peak <= 3 GB,
-flat)`.
+Modes, each the default distillation (params.yaml, the extracted stores) for --steps steps in a fresh process:
+- shipped: params.yaml as is (glibc's malloc arenas bounded at 2; `distill.max_channels` channels per training
+  segment at most);
+- before: every channel of every segment (`max_channels: null`) and glibc's default arenas (up to 8 per core).
+The distill loop records resident memory at each validation (every steps/10 steps; reports/distill/memory.csv);
+the peak is the process's own maximum resident set (getrusage), between validations too. Prints RSS at those
+steps for both modes and, as its last line, each mode's peak and its growth from step steps/10 to the end, e.g.
+`distill_memory: peak shipped=1.6 GB before=3.8 GB; growth shipped=+0.1 GB before=+0.2 GB over 3000 steps (goal:
+peak <= 3 GB, flat)`.
 
-    .venv/bin/python bench/distill_memory.py [--steps 600] [--quick]
+    .venv/bin/python bench/distill_memory.py [--steps 3000] [--quick]
 """
 
 import argparse
@@ -20,44 +23,49 @@ from pathlib import Path
 import yaml
 
 RUN = """
-import sys
+import resource, sys
 import pipeline.distill.train as train
-if sys.argv[2] == "unbounded":
+if sys.argv[2] == "before":
     train.bound_allocator_arenas = lambda arenas=2: None  # glibc's default: up to 8 arenas per core
 from schemas.params import load_params
 train.distill(load_params(sys.argv[1]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def run(mode: str, steps: int, directory: Path) -> list[tuple[int, float]]:
+def run(mode: str, steps: int, directory: Path) -> tuple[list[tuple[int, float]], float]:
+    """([(step, RSS GB at that validation)], peak RSS GB of the whole run) of one mode."""
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["distill"] |= {"max_steps": steps, "val_every": max(1, steps // 10), "checkpoint_every": steps,
                           "output_dir": str(directory / mode / "model"),
                           "checkpoint_dir": str(directory / mode / "checkpoints"),
                           "reports_dir": str(directory / mode / "reports")}
+    if mode == "before":
+        params["distill"]["max_channels"] = None
     path = directory / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(params))
-    subprocess.run([sys.executable, "-c", RUN, str(path), mode], check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", RUN, str(path), mode], check=True, capture_output=True, text=True)
     with open(directory / mode / "reports/distill/memory.csv", newline="") as handle:
-        return [(int(row["step"]), float(row["rss_gb"])) for row in csv.DictReader(handle)]
+        curve = [(int(row["step"]), float(row["rss_gb"])) for row in csv.DictReader(handle)]
+    return curve, int(out.stdout.split()[-1]) * 1024 / 1e9  # KiB -> GB, as resident_gb
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--quick", action="store_true",
-                        help="60 steps per mode (about 4 minutes in all on 2 cores: set-up and validations dominate)")
+                        help="60 steps per mode (about 3 minutes in all on 2 cores: set-up and validations dominate)")
     args = parser.parse_args()
     steps = 60 if args.quick else args.steps
     with tempfile.TemporaryDirectory() as tmp:
-        curves = {mode: run(mode, steps, Path(tmp)) for mode in ("bounded", "unbounded")}
-    print("step  " + "  ".join(f"{mode:>9s}" for mode in curves))
-    for (step, bounded), (_, unbounded) in zip(curves["bounded"], curves["unbounded"]):
-        print(f"{step:4d}  {bounded:7.2f} GB  {unbounded:7.2f} GB")
-    peak = {mode: max(rss for _, rss in curve) for mode, curve in curves.items()}
-    growth = {mode: curve[-1][1] - curve[1][1] for mode, curve in curves.items()}  # from step steps/10 to the end
-    print(f"distill_memory: peak bounded={peak['bounded']:.2f} GB unbounded={peak['unbounded']:.2f} GB; growth "
-          f"bounded={growth['bounded']:+.2f} GB unbounded={growth['unbounded']:+.2f} GB over {steps} steps "
+        runs = {mode: run(mode, steps, Path(tmp)) for mode in ("shipped", "before")}
+    print("step  " + "  ".join(f"{mode:>10s}" for mode in runs))
+    for (step, shipped), (_, before) in zip(runs["shipped"][0], runs["before"][0]):
+        print(f"{step:4d}  {shipped:7.2f} GB  {before:7.2f} GB")
+    peak = {mode: peak for mode, (_, peak) in runs.items()}
+    growth = {mode: curve[-1][1] - curve[1][1] for mode, (curve, _) in runs.items()}  # from step steps/10 on
+    print(f"distill_memory: peak shipped={peak['shipped']:.2f} GB before={peak['before']:.2f} GB; growth "
+          f"shipped={growth['shipped']:+.2f} GB before={growth['before']:+.2f} GB over {steps} steps "
           "(goal: peak <= 3 GB, flat)")
 
 

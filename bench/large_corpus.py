@@ -59,7 +59,7 @@ def run_stage(stage: str, params: Path) -> tuple[float, float]:
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", WRAPPER, *command], check=True, capture_output=True, text=True,
                          env=os.environ | {"HF_HUB_OFFLINE": "1"}, cwd=ROOT)
-    return time.perf_counter() - start, int(out.stdout.split()[-1]) / 1024
+    return time.perf_counter() - start, int(out.stdout.split()[-1]) * 1024 / 1e6  # KiB -> MB
 
 
 def disk_bytes(path: Path) -> int:

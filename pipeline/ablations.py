@@ -37,16 +37,18 @@ ABLATIONS: dict[str, list[str]] = {
     # 24 third-octave bands instead of 8 octaves (better generated, worse real in five runs, README)
     "third-octave-bands": ["+student.overrides.structure_bands=24", "+student.overrides.bands_per_octave=3"],
     # learned channel identities for fixed montages (off by default: not better in three runs, README)
-    "channel-identity": ["+student.overrides.montage_channels=64"],
+    "channel-identity": ["+student.overrides.montage_channels=64", "distill.max_channels=null"],
     "no-structure-loss": ["distill.structure_weight=0.0"],
+    "source-standardisation": ["distill.target_standardisation=source"],  # errors in each data set's own units
     "summary-max": ["distill.summary_pooling=mean+std+max"],  # the summary loss also matches the targets' max
     "spectral-weight-3": ["+distill.teacher_weights.spectral=3.0"],
-    # many-channel training segments show the student 4 random channels (cheaper steps, bounded activations)
-    "max-channels-4": ["distill.max_channels=4"],
+    # every channel of every training segment (the default shows at most 4, a random subset per segment)
+    "all-channels": ["distill.max_channels=null"],
     # corpus size at the same training budget (1200 steps): every generated pretraining set scaled
     "corpus-scale-0.5": ["corpus.scale=0.5"],
     "corpus-scale-2": ["corpus.scale=2.0"],
     "600-steps": ["distill.max_steps=600"],
+    "4800-steps": ["distill.max_steps=4800"],  # 4x the default budget (~29 min of distillation on 2 cores)
     # the distillation corpus without the broad `corpus_*` sets: the probe generators' own pretraining seeds only
     "in-domain-corpus": ["distill.datasets=[pretrain_gw,pretrain_lightcurves,pretrain_seismic,pretrain_bioacoustics,"
                          "pretrain_sleep,pretrain_motor,pretrain_radar,pretrain_long_seismic]"],

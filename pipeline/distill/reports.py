@@ -42,7 +42,8 @@ def write_reports(directory: Path, history: dict, teachers: list[str], wall_seco
         "first_val_loss": {name: round(history["val"][0][name], 5) for name in ["total", *teachers]}
         if history["val"] else {},
         "val_loss_by_source": final_by_source,
-        "peak_rss_gb": max((r["rss_gb"] for r in history.get("memory", [])), default=None),
+        # the process's own maximum (getrusage) where recorded; a checkpoint from before that has only samples
+        "peak_rss_gb": max((r.get("peak_rss_gb", r["rss_gb"]) for r in history.get("memory", [])), default=None),
     }
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 

@@ -168,6 +168,16 @@ def resident_gb() -> float:
         return 0.0
 
 
+def peak_resident_gb() -> float:
+    """The most resident memory this process has held so far (getrusage: between validations too; 0 off Unix)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+    except (ImportError, OSError):
+        return 0.0
+
+
 def bound_allocator_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does) before the loader and Zarr's decoding threads start.
 
@@ -189,7 +199,8 @@ def record_validation(history: dict, step: int, objective, model, data, device, 
     # setdefault: a checkpoint from before these records resumes too
     history.setdefault("val_by_source", []).extend({"step": step, "dataset": source} | losses
                                                    for source, losses in by_source.items())
-    history.setdefault("memory", []).append({"step": step, "rss_gb": round(resident_gb(), 3)})
+    history.setdefault("memory", []).append({"step": step, "rss_gb": round(resident_gb(), 3),
+                                             "peak_rss_gb": round(peak_resident_gb(), 3)})
     return overall
 
 
