@@ -7,10 +7,10 @@ Modes, each the default distillation (params.yaml, the extracted stores) for --s
 The distill loop records resident memory at each validation (every steps/10 steps; reports/distill/memory.csv);
 the peak is the process's own maximum resident set (getrusage), between validations too. Prints RSS at those
 steps for both modes and, as its last line, each mode's peak and its growth from step steps/10 to the end, e.g.
-`distill_memory: peak shipped=1.6 GB before=3.8 GB; growth shipped=+0.1 GB before=+0.2 GB over 3000 steps (goal:
+`distill_memory: shipped: peak 1.8 GB, growth +0.1 GB; before: peak 3.8 GB, growth +0.2 GB over 3000 steps (goal:
 peak <= 3 GB, flat)`.
 
-    .venv/bin/python bench/distill_memory.py [--steps 3000] [--quick]
+    .venv/bin/python bench/distill_memory.py [--steps 3000] [--quick] [--modes shipped before]
 """
 
 import argparse
@@ -55,18 +55,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--quick", action="store_true",
                         help="60 steps per mode (about 3 minutes in all on 2 cores: set-up and validations dominate)")
+    parser.add_argument("--modes", nargs="+", choices=["shipped", "before"], default=["shipped", "before"],
+                        help="run only some modes (the previous settings take about twice as long)")
     args = parser.parse_args()
     steps = 60 if args.quick else args.steps
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {mode: run(mode, steps, Path(tmp)) for mode in ("shipped", "before")}
+        runs = {mode: run(mode, steps, Path(tmp)) for mode in args.modes}
     print("step  " + "  ".join(f"{mode:>10s}" for mode in runs))
-    for (step, shipped), (_, before) in zip(runs["shipped"][0], runs["before"][0]):
-        print(f"{step:4d}  {shipped:7.2f} GB  {before:7.2f} GB")
-    peak = {mode: peak for mode, (_, peak) in runs.items()}
-    growth = {mode: curve[-1][1] - curve[1][1] for mode, (curve, _) in runs.items()}  # from step steps/10 on
-    print(f"distill_memory: peak shipped={peak['shipped']:.2f} GB before={peak['before']:.2f} GB; growth "
-          f"shipped={growth['shipped']:+.2f} GB before={growth['before']:+.2f} GB over {steps} steps "
-          "(goal: peak <= 3 GB, flat)")
+    for rows in zip(*(curve for curve, _ in runs.values())):
+        print(f"{rows[0][0]:4d}  " + "  ".join(f"{rss:7.2f} GB" for _, rss in rows))
+    # growth: from step steps/10 (after the first batches of every shape) to the end
+    summary = "; ".join(f"{mode}: peak {peak:.2f} GB, growth {curve[-1][1] - curve[1][1]:+.2f} GB"
+                        for mode, (curve, peak) in runs.items())
+    print(f"distill_memory: {summary} over {steps} steps (goal: peak <= 3 GB, flat)")
 
 
 if __name__ == "__main__":

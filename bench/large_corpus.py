@@ -91,7 +91,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for stage in ("prepare", "extract", "distill"):
         memory.plot(series, [r[f"{stage}_mb"] / 1024 for r in rows], "o-", label=stage)
         seconds.plot(series, [r[f"{stage}_s"] for r in rows], "o-", label=stage)
-    memory.set(xscale="log", xlabel="corpus series", ylabel="peak RSS (GB)", title="Memory: flat", ylim=(0, None))
+    memory.set(xscale="log", xlabel="corpus series", ylabel="peak RSS (GB)", title="Peak resident memory per stage", ylim=(0, None))
     seconds.set(xscale="log", yscale="log", xlabel="corpus series", ylabel="wall seconds",
                 title="Time (distill: fixed steps)")
     for axes in (memory, seconds):
