@@ -166,8 +166,9 @@ class DistillParams(Section):
         description="Training segments with more channels than this show the student a random subset of this many "
         "(drawn per segment and step, kept in order; targets unchanged: the teachers' features are channel "
         "averages). Bounds a step's activations by batch_size x max_channels series; validation sees every channel. "
-        "None: all channels. Not with a student that has channel identities (montage_channels). 4 (default): the "
-        "same probe scores and validation loss as all channels, 1.5x the segments/s, half the peak memory (README).",
+        "None: all channels. Not with a student that has channel identities (montage_channels). 4 (default): probe "
+        "scores and validation loss within run-to-run spread of all channels, 1.6x the segments/s, half the peak "
+        "memory (README).",
     )
     max_steps: int = Field(1200, ge=1, description="Optimisation steps (1200 fit the 20-minute default on 2 cores).")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
