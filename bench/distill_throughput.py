@@ -10,9 +10,9 @@ Modes:
 - today: the step as of the profile in README ("Training speed"): channel attention always runs its full
   attention, even over one channel, and every segment shows all its channels;
 - new: the shipped code path (attention over one channel is exactly out_proj(v_proj(x)): no q, k, no copies), and
-  `distill.max_channels` of params (or --max-channels): a segment with more channels shows a seeded random subset
-  of that many (the loader's `_channel_subset`), so this mode trains on fewer channel-tokens per batch; its loss
-  is still against the same targets;
+  `distill.max_channels` of params (or --max-channels): the same batches as training reads them (the loader's
+  augment seed), so a segment with more channels shows the seeded random subset of that many that `distill`
+  would draw; this mode trains on fewer channel-tokens per batch, against the same targets;
 - bf16: the new path under torch.autocast(bfloat16) (`distill.bf16`), optional with --bf16 (slow on CPUs without
   native bf16: ~11x slower than float32 on this AVX2 machine).
 
@@ -20,11 +20,8 @@ Modes:
 """
 
 import argparse
-import dataclasses
 import itertools
 import time
-
-import numpy as np
 
 import torch
 
@@ -57,16 +54,10 @@ class Trainer:
         self.parameters = list(self.model.parameters()) + list(self.heads.parameters())
         self.mode, self.grad_clip = mode, config.grad_clip
         self.max_channels = None if mode == "today" else config.max_channels
-        self.rng = np.random.default_rng(config.seed)
         self.seconds, self.segments, self.losses = 0.0, 0, []
 
     def step(self, batch) -> None:
         new_forward = modeling_step.STEPBlock.forward
-        if self.max_channels is not None and batch.values.shape[1] > self.max_channels:
-            keep = [np.sort(self.rng.choice(batch.values.shape[1], self.max_channels, replace=False))
-                    for _ in batch.segment_ids]
-            values = torch.stack([row[torch.from_numpy(k)] for row, k in zip(batch.values, keep)])
-            batch = dataclasses.replace(batch, values=values, fixed_montage=False)
         if self.mode == "today":
             modeling_step.STEPBlock.forward = block_forward_today
         try:
@@ -100,11 +91,17 @@ def main() -> None:
     data = distillation_data(params)
     modes = ["today", "new"] + (["bf16"] if args.bf16 else [])
     trainers = {mode: Trainer(params, data.stores, mode) for mode in modes}
-    batches = itertools.islice(itertools.chain.from_iterable(data.batches(data.epoch_plan(e))
-                                                             for e in itertools.count()), steps)
-    for batch in batches:
+    seed = params.distill.seed * 1_000_003  # + epoch: the augment seed `distill` passes the loader
+
+    def batches(augmented: bool):
+        """The first `steps` batches: whole segments, or as training reads them (channel subsets drawn)."""
+        return itertools.islice(itertools.chain.from_iterable(
+            data.batches(data.epoch_plan(e), augment_seed=seed + e if augmented else None)
+            for e in itertools.count()), steps)
+
+    for whole, augmented in zip(batches(False), batches(True)):  # batch i of both is the same segments
         for trainer in trainers.values():
-            trainer.step(batch)
+            trainer.step(whole if trainer.max_channels is None else augmented)
 
     for mode, trainer in trainers.items():
         tail = trainer.losses[-max(1, steps // 4):]
