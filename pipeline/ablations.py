@@ -40,6 +40,8 @@ ABLATIONS: dict[str, list[str]] = {
     "channel-identity": ["+student.overrides.montage_channels=64", "distill.max_channels=null"],
     "no-structure-loss": ["distill.structure_weight=0.0"],
     "source-standardisation": ["distill.target_standardisation=source"],  # errors in each data set's own units
+    # token losses on each token minus its series' mean (the level is left to the summary loss)
+    "token-deviations": ["distill.token_target=deviations"],
     "summary-max": ["distill.summary_pooling=mean+std+max"],  # the summary loss also matches the targets' max
     "spectral-weight-3": ["+distill.teacher_weights.spectral=3.0"],
     # every channel of every training segment (the default shows at most 4, a random subset per segment)

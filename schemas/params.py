@@ -155,6 +155,13 @@ class DistillParams(Section):
         "set, which a probe of one data set reads, weigh as much as the larger differences between data sets. The "
         "frame the heads predict in stays the corpus's, so the student need not know the source.",
     )
+    token_target: Literal["tokens", "deviations"] = Field(
+        "tokens",
+        description="What the per-token losses compare: `tokens`, each teacher token as it is (the paper's); or "
+        "`deviations`, each token minus its series' mean over valid tokens, for prediction and target alike, so the "
+        "token losses spend the student's capacity on what changes within a series (a chirp, a call) and leave the "
+        "series' overall level to the summary loss (use with summary_weight > 0).",
+    )
     max_target_tokens: int = Field(
         256, ge=1,
         description="A teacher grid with more tokens than this (long segments) is average-pooled by the smallest "

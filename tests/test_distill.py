@@ -405,6 +405,48 @@ def test_per_source_standardisation_uses_each_data_sets_own_spread(extracted_pro
     assert np.isfinite(distill(params)["val_loss"]["total"])
 
 
+def test_series_deviations_ignore_padding_and_each_series_offset():
+    from pipeline.distill.objective import series_deviations, token_loss, token_mask
+
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 5, 3)  # (B, N, F)
+    mask = token_mask(torch.tensor([5, 3]), 5)
+    deviations = series_deviations(tokens, mask)
+    assert torch.allclose(deviations[0], tokens[0] - tokens[0].mean(0))
+    assert torch.allclose(deviations[1, :3], tokens[1, :3] - tokens[1, :3].mean(0))  # padding is not in the mean
+    padded = tokens.clone()
+    padded[1, 3:] = 1e6
+    assert torch.allclose(series_deviations(padded, mask)[1, :3], deviations[1, :3])
+    shifted = tokens + torch.tensor([[[5.0, -2.0, 1.0]], [[-3.0, 0.5, 7.0]]])  # another level per series
+    loss = lambda a, b: token_loss(series_deviations(a, mask), series_deviations(b, mask), mask, 1.0, 1.0, 1.0)
+    assert loss(shifted, tokens).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(tokens.flip(1), tokens).item() > 0.1  # what changes within a series still counts
+
+
+def test_deviation_targets_train_and_leave_each_series_offset_to_the_summary(extracted_project, tmp_path):
+    from pipeline.distill.objective import DistillationObjective, TeacherHeads
+
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 1, 4, 8)  # (B, C, N, H)
+    heads = TeacherHeads(8, {"t": 3})
+    target = heads("t", tokens.mean(1)).detach()
+    student = lambda *args, **kwargs: SimpleNamespace(  # noqa: E731
+        last_hidden_state=tokens, num_tokens=torch.tensor([4, 4]), strides=torch.tensor([10.0, 10.0]),
+        patching_loss=torch.tensor(0.0))
+    batch = SimpleNamespace(values=None, lengths=None, sampling_rate=None, fixed_montage=None, target_scale=None,
+                            n_tokens={"t": torch.tensor([4, 4])}, token_centres={"t": torch.tensor([[5.0, 15, 25, 35]] * 2)},
+                            targets={"t": target + torch.tensor([2.0, -1.0, 0.5])})  # every token moved alike
+    losses = {kind: DistillationObjective(heads, {"t": 1.0}, "interpolate", 1.0, 1.0, 1.0, 0.0,
+                                          token_target=kind)(student, batch)[1]["t"].item()
+              for kind in ("tokens", "deviations")}
+    assert losses["deviations"] == pytest.approx(0.0, abs=1e-5) and losses["tokens"] > 0.1
+
+    root, params_path = extracted_project
+    params = params_in(root, params_path, token_target="deviations", max_steps=2, output_dir=str(tmp_path / "m"),
+                       checkpoint_dir=str(tmp_path / "c"), reports_dir=str(tmp_path / "r"))
+    assert np.isfinite(distill(params)["val_loss"]["total"])
+
+
 def test_a_non_finite_loss_stops_before_the_update_naming_the_batch(extracted_project, tmp_path, monkeypatch):
     from pipeline.distill import train
 

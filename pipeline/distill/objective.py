@@ -9,6 +9,10 @@ Summary loss (RADIO/UNIC-style, `summary_weight`): users read a pooled vector, s
 (mean and std over valid tokens, `pool_embedding`) are also mapped by a summary head per teacher to that teacher's
 pooled standardised targets (mean and std over its valid tokens), with the same cosine + smooth-L1 form.
 
+Deviation targets (ours, `token_target: deviations`): the token losses compare each token minus its series' mean
+over valid tokens, prediction and target alike, so what varies within a series is what they ask for; the series'
+level is left to the summary loss.
+
 Structure loss (ours, `structure_weight`): a head reads each final token back into that token's own fine-structure
 inputs (lag increments and band powers), so the network keeps what its input said at every scale even where
 no teacher asks for it (distillation alone dropped it: a random-weight student probed better on audio calls).
@@ -80,6 +84,15 @@ def tokens_at(tokens: torch.Tensor, num_tokens: torch.Tensor, strides: torch.Ten
     return gather(low) * (1 - weight) + gather(high) * weight
 
 
+def series_deviations(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each token minus its series' mean over the valid tokens: (batch, tokens, feature) -> same shape.
+
+    Padding neither enters the mean nor matters afterwards (the losses mask it)."""
+    weight = mask[..., None].to(tokens.dtype)  # (batch, tokens, 1)
+    mean = (tokens * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)  # (batch, 1, feature)
+    return tokens - mean
+
+
 def token_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cosine_weight: float,
                smooth_l1_weight: float, beta: float) -> torch.Tensor:
     """Cosine + smooth-L1 between (batch, tokens, feature) tensors, averaged over the valid tokens."""
@@ -95,12 +108,14 @@ class DistillationObjective(nn.Module):
 
     def __init__(self, heads: TeacherHeads, weights: dict[str, float], alignment: str, cosine_weight: float,
                  smooth_l1_weight: float, smooth_l1_beta: float, patching_weight: float, summary_weight: float = 0.0,
-                 structure_weight: float = 0.0, summary_pooling: str = "mean+std"):
+                 structure_weight: float = 0.0, summary_pooling: str = "mean+std",
+                 token_target: str = "tokens"):
         super().__init__()
         self.heads, self.weights, self.alignment = heads, weights, alignment
         self.cosine_weight, self.smooth_l1_weight, self.beta = cosine_weight, smooth_l1_weight, smooth_l1_beta
         self.patching_weight, self.summary_weight = patching_weight, summary_weight
         self.structure_weight, self.summary_pooling = structure_weight, summary_pooling
+        self.token_target = token_target
 
     def forward(self, student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its parts: one per teacher (unweighted), `patching`, and `summary` when it is on."""
@@ -134,6 +149,8 @@ class DistillationObjective(nn.Module):
                 loc, scale = batch.target_loc[teacher], batch.target_scale[teacher]  # (F_k,) each
                 prediction, target = (prediction - loc) / scale, (target - loc) / scale
             mask = token_mask(batch.n_tokens[teacher], target.shape[1])
+            if self.token_target == "deviations":  # what changes within each series; its level is the summary's
+                prediction, target = series_deviations(prediction, mask), series_deviations(target.float(), mask)
             parts[teacher] = token_loss(prediction, target, mask, self.cosine_weight, self.smooth_l1_weight,
                                         self.beta)
         parts["patching"] = torch.stack(patching).mean()

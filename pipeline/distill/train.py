@@ -223,7 +223,8 @@ def student_and_objective(params: Params, config, stores: dict[str, FeatureStore
     weights = {t: config.teacher_weights.get(t, 1.0) for t in stores}
     objective = DistillationObjective(heads, weights, config.alignment, config.cosine_weight,
                                       config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight,
-                                      config.summary_weight, config.structure_weight, config.summary_pooling)
+                                      config.summary_weight, config.structure_weight, config.summary_pooling,
+                                      config.token_target)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     return model, heads, objective, optimizer
