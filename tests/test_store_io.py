@@ -184,3 +184,26 @@ def test_readers_opened_in_one_batch_equal_readers_opened_one_by_one(tmp_path):
     missing = entries[0].model_copy(update={"name": "never_prepared"})
     with pytest.raises(FileNotFoundError, match="no group 'never_prepared'; run `step-pipeline prepare` first"):
         open_readers([missing, entries[1]], catalog, store, inline_io=True)
+
+
+def test_a_failed_rewrite_of_a_chunk_written_in_this_session_leaves_it_pending(tmp_path):
+    """write_chunk skips reading the flag of a chunk it knows is not done, but a chunk it wrote is cleared first."""
+    segment_ids, n_tokens, features = DATA_SETS["quakes"]
+    with FeatureStore.create_or_open(tmp_path / "toy.zarr", make_manifest(), StoreCompression(chunk_segments=4)) as store:
+        store.ensure_groups([("quakes", segment_ids, n_tokens, TOKEN_RATE, SAMPLING_RATE)])
+        store.write_chunk("quakes", 0, features[0:4])
+        assert store.pending_chunks("quakes")[0] == 1
+
+        class FailingDisk:
+            shape = store._arrays["quakes"]["features"].shape
+
+            def __setitem__(self, selection, value):
+                raise OSError("No space left on device")
+
+        real, store._arrays["quakes"]["features"] = store._arrays["quakes"]["features"], FailingDisk()
+        with pytest.raises(OSError):
+            store.write_chunk("quakes", 0, features[0:4])
+        store._arrays["quakes"]["features"] = real
+        assert store.pending_chunks("quakes")[0] == 0  # never left marked done over a half-rewritten chunk
+        store.write_chunk("quakes", 0, features[0:4])
+        assert store.pending_chunks("quakes")[0] == 1

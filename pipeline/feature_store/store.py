@@ -62,6 +62,7 @@ class FeatureStore:
         self._chunk_writer = chunk_writer  # a cluster worker: may write chunks the driver handed it, nothing else
         self._arrays: dict[str, dict[str, zarr.Array]] = {}  # group -> array name -> array
         self._group_metadata: dict[str, GroupMetadata] = {}  # group -> its metadata (attrs), for checks and finalize
+        self._flags: dict[str, np.ndarray] = {}  # group -> chunk_done as this writer knows it (it holds the lock)
         self._segment_ids: dict[str, np.ndarray] = {}  # group -> (segment,) <U..
         self._n_tokens: dict[str, np.ndarray] = {}  # group -> (segment,) int32
 
@@ -272,6 +273,7 @@ class FeatureStore:
                     metadata = GroupMetadata(attributes=group_attributes(request), zarr_format=3)
                     self._keep_group(request.name, metadata, created[request.name], request.segment_ids,
                                      request.n_tokens)
+                    self._flags[request.name] = np.zeros(created[request.name]["chunk_done"].shape, dtype=bool)
             self._load_groups([request.name for request in checked if state[request.name]])
         for request in checked:
             self._check_group_matches(request.name, request.segment_ids, request.n_tokens, request.token_rate,
@@ -397,6 +399,8 @@ class FeatureStore:
         if self.manifest.complete:
             self._mark_incomplete()  # never in a chunk writer: it refuses complete stores
         done = arrays["chunk_done"]._async_array
+        # a chunk of a group this writer laid out and has not written is known not done: no flag to read
+        known = None if self._chunk_writer else self._flags.get(name)
 
         async def clear_flag() -> None:
             if await done.getitem(chunk):
@@ -409,9 +413,12 @@ class FeatureStore:
             await done.setitem(chunk, True)
 
         with quiet_zarr_extension_warnings():
-            sync(clear_flag())
+            if known is None or known[chunk]:
+                sync(clear_flag())
             arrays["features"][segments] = padded.astype(self.manifest.dtype)
             sync(statistics_then_flag())
+        if known is not None:
+            known[chunk] = True
 
     def finalize(self) -> FeatureStoreManifest:
         """Merge the chunk statistics into the manifest, mark the store complete and consolidate metadata.
