@@ -6,10 +6,11 @@ The data path, per data set (one store group):
   (chunk_segments, max_tokens, feature) array -> bounded queue -> writer thread -> FeatureStore.write_chunk
   (features, statistics, then the done flag).
 The teacher computes chunk c while the reader thread reads chunk c+1 and the writer compresses and writes chunk
-c-1, so for a cheap teacher too reading and writing hide behind compute; the layout of groups new to the store is
-also written by the writer thread, ahead of their chunks. Memory is bounded by (queue_size + 3) chunks whatever
-the corpus size. A chunk is written whole or not at all, so a killed run resumes at the first chunk not flagged
-done and ends with the same store as an unbroken run.
+c-1, so reading and writing overlap compute; the layouts of the groups new to the store are written by the writer
+thread too, all in one batch ahead of the first chunk. Each zarr call costs a handoff to zarr's event-loop thread,
+so both threads make few (see FeatureStore.ensure_groups / write_chunk). Memory is bounded by (queue_size + 3)
+chunks whatever the corpus size. A chunk is written whole or not at all, so a killed run resumes at the first chunk
+not flagged done and ends with the same store as an unbroken run.
 
 A store chunk is also the unit of distribution: with --workers/--scheduler, pipeline/cluster.py hands each pending
 chunk to a Dask worker, which runs the same encode_chunk (pipeline/chunk_encoding.py) and writes the chunk itself.

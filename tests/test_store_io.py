@@ -189,7 +189,8 @@ def test_readers_opened_in_one_batch_equal_readers_opened_one_by_one(tmp_path):
 def test_a_failed_rewrite_of_a_chunk_written_in_this_session_leaves_it_pending(tmp_path):
     """write_chunk skips reading the flag of a chunk it knows is not done, but a chunk it wrote is cleared first."""
     segment_ids, n_tokens, features = DATA_SETS["quakes"]
-    with FeatureStore.create_or_open(tmp_path / "toy.zarr", make_manifest(), StoreCompression(chunk_segments=4)) as store:
+    compression = StoreCompression(chunk_segments=4)
+    with FeatureStore.create_or_open(tmp_path / "toy.zarr", make_manifest(), compression) as store:
         store.ensure_groups([("quakes", segment_ids, n_tokens, TOKEN_RATE, SAMPLING_RATE)])
         store.write_chunk("quakes", 0, features[0:4])
         assert store.pending_chunks("quakes")[0] == 1
