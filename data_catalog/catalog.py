@@ -118,20 +118,14 @@ def apply_corpus(catalog: Catalog, corpus, source_name: str = "params") -> Catal
     return catalog.model_copy(update={"datasets": scaled})
 
 
-def prepared_entry(entry: CatalogEntry, series_store: str | Path) -> CatalogEntry:
-    """The entry a prepared group was made from. Every stage loads the catalog as declared, but `prepare` sizes
-    the pretraining sets by params `corpus`; their groups record the declared entry's hash (attrs `corpus`), and a
-    group made from this declared entry is read as the scaled entry it holds (its series count and lengths)."""
-    import zarr
-
-    from data_catalog.storage import StoreLocation
+def prepared_entry(entry: CatalogEntry, attrs: dict | None) -> CatalogEntry:
+    """The entry a prepared group was made from, given the group's attrs (None: missing or unreadable, and the
+    reader says what is wrong). Every stage loads the catalog as declared, but `prepare` sizes the pretraining sets
+    by params `corpus`; their groups record the declared entry's hash (attrs `corpus`), and a group made from this
+    declared entry is read as the scaled entry it holds (its series count and lengths)."""
     from data_catalog.series_groups import entry_hash
-    try:
-        store = StoreLocation.of(series_store).zarr_store(read_only=True)
-        attrs = zarr.open_group(store, mode="r", path=entry.name, use_consolidated=False).attrs.asdict()
-    except Exception:  # missing or unreadable: the reader says what is wrong
-        return entry
-    corpus = attrs.get("corpus") or {}
+
+    corpus = (attrs or {}).get("corpus") or {}
     if corpus.get("declared_entry_hash") == entry_hash(entry) and "entry" in attrs:
         return CatalogEntry.model_validate(attrs["entry"])
     return entry
@@ -160,9 +154,27 @@ def mark_scaled_groups(series_store: str | Path, declared: list[CatalogEntry], s
             zarr.consolidate_metadata(location.zarr_store())
 
 
-def open_reader(entry: CatalogEntry, catalog: Catalog, series_store: str | Path) -> SeriesReader:
+def open_reader(entry: CatalogEntry, catalog: Catalog, series_store: str | Path,
+                inline_io: bool = False) -> SeriesReader:
     """Generated sets are read from the prepared series store (pretraining sets as `prepare` sized them by params
-    `corpus`); file sets in place under data_root."""
-    if isinstance(entry.source, GeneratorSource):
-        return SeriesStoreReader(prepared_entry(entry, series_store), series_store)
-    return FileReader(entry, Path(catalog.data_root))
+    `corpus`); file sets in place under data_root. inline_io: see data_catalog.storage.InlineLocalStore."""
+    return open_readers([entry], catalog, series_store, inline_io)[0]
+
+
+def open_readers(entries: list[CatalogEntry], catalog: Catalog, series_store: str | Path,
+                 inline_io: bool = False) -> list[SeriesReader]:
+    """open_reader of each entry; the generated sets' groups are opened and their small arrays read in one zarr
+    call (series_groups.open_series_groups), which is most of the cost of opening them."""
+    from data_catalog.series_groups import open_series_groups
+
+    generated = [entry.name for entry in entries if isinstance(entry.source, GeneratorSource)]
+    opened = dict(zip(generated, open_series_groups(series_store, generated, inline_io))) if generated else {}
+    readers = []
+    for entry in entries:
+        if entry.name not in opened:
+            readers.append(FileReader(entry, Path(catalog.data_root)))
+            continue
+        group = opened[entry.name]
+        prepared = prepared_entry(entry, None if isinstance(group, BaseException) else group[0])
+        readers.append(SeriesStoreReader(prepared, series_store, inline_io, opened=group))
+    return readers

@@ -148,16 +148,18 @@ class GeneratorReader(SeriesReader):
 class SeriesStoreReader(SeriesReader):
     """Reads one data set (group) of the prepared Zarr series store: ragged series concatenated along `sample`."""
 
-    def __init__(self, entry: CatalogEntry, store_path: str | Path):
-        from data_catalog.series_groups import open_series_group  # zarr only when a store is read
+    def __init__(self, entry: CatalogEntry, store_path: str | Path, inline_io: bool = False, opened=None):
+        """inline_io: a local store does its file I/O inline in zarr's event loop (what extraction asks for).
+        opened: the group as series_groups.open_series_groups gave it (several readers opened at once)."""
+        from data_catalog.series_groups import checked_series_group, open_series_groups  # zarr only when read
 
-        self.group = open_series_group(store_path, entry)
-        self.values = self.group["values"]
-        self.offsets = self.group["offset"][:]
-        lengths = self.group["length"][:]
-        labels = self.group["label"][:]
-        splits = self.group["split"][:]
-        ids = [str(s) for s in self.group["series_id"][:]]
+        if opened is None:
+            opened = open_series_groups(store_path, [entry.name], inline_io)[0]
+        arrays, small_values = checked_series_group(store_path, entry, opened)
+        self.values = arrays["values"]
+        self.offsets = small_values["offset"]
+        lengths, labels, splits = small_values["length"], small_values["label"], small_values["split"]
+        ids = [str(s) for s in small_values["series_id"]]
         metadata = [{"label": int(labels[i]), "split": str(splits[i])} for i in range(len(ids))]
         super().__init__(entry, ids, lengths, metadata)
 

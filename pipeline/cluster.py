@@ -105,7 +105,8 @@ def compute_chunk(store_path: str, task: ChunkTask, catalog: Catalog, series_sto
     """On a worker: encode one chunk's segments and write them into the store. Returns the segment count."""
     plugin = _plugin()
     if task.entry.name not in plugin.values:
-        plugin.values[task.entry.name] = SegmentValues(open_reader(task.entry, catalog, series_store))
+        plugin.values[task.entry.name] = SegmentValues(open_reader(task.entry, catalog, series_store,
+                                                                         inline_io=True))
     if store_path not in plugin.stores:
         plugin.stores[store_path] = FeatureStore.open_chunk_writer(store_path)
     features = encode_chunk(plugin.teacher, task.segments, plugin.values[task.entry.name], task.sampling_rate,

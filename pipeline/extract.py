@@ -6,10 +6,11 @@ The data path, per data set (one store group):
   (chunk_segments, max_tokens, feature) array -> bounded queue -> writer thread -> FeatureStore.write_chunk
   (features, statistics, then the done flag).
 The teacher computes chunk c while the reader thread reads chunk c+1 and the writer compresses and writes chunk
-c-1, so for a cheap teacher too reading and writing hide behind compute; the layout of groups new to the store is
-also written by the writer thread, ahead of their chunks. Memory is bounded by (queue_size + 3) chunks whatever
-the corpus size. A chunk is written whole or not at all, so a killed run resumes at the first chunk not flagged
-done and ends with the same store as an unbroken run.
+c-1, so reading and writing overlap compute; the layouts of the groups new to the store are written by the writer
+thread too, all in one batch ahead of the first chunk. Each zarr call costs a handoff to zarr's event-loop thread,
+so both threads make few (see FeatureStore.ensure_groups / write_chunk). Memory is bounded by (queue_size + 3)
+chunks whatever the corpus size. A chunk is written whole or not at all, so a killed run resumes at the first chunk
+not flagged done and ends with the same store as an unbroken run.
 
 A store chunk is also the unit of distribution: with --workers/--scheduler, pipeline/cluster.py hands each pending
 chunk to a Dask worker, which runs the same encode_chunk (pipeline/chunk_encoding.py) and writes the chunk itself.
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from data_catalog.catalog import open_reader
+from data_catalog.catalog import open_readers
 from data_catalog.readers import SeriesReader
 from data_catalog.segments import Segment, segment_series
 from pipeline.chunk_encoding import (  # known_lengths, SegmentValues, TeacherBatchError: also imported from here
@@ -53,7 +54,7 @@ class ExtractionIOError(RuntimeError):
 
 @dataclass(frozen=True)
 class GroupLayout:
-    """One data set's group as FeatureStore.ensure_group lays it out (or checks it)."""
+    """One data set's group as FeatureStore.ensure_groups lays it out (or checks it)."""
 
     name: str
     segment_ids: list[str]
@@ -61,18 +62,20 @@ class GroupLayout:
     token_rate: float
     sampling_rate: float | None
 
-    def apply(self, store: FeatureStore) -> None:
-        store.ensure_group(self.name, self.segment_ids, self.n_tokens, self.token_rate, self.sampling_rate)
+
+def lay_out(store: FeatureStore, layouts: list[GroupLayout]) -> None:
+    """Lay out (or check) these groups with one batched FeatureStore.ensure_groups: a few zarr calls in all."""
+    if layouts:
+        store.ensure_groups([(g.name, g.segment_ids, g.n_tokens, g.token_rate, g.sampling_rate) for g in layouts])
 
 
 @dataclass
 class WriterThread:
     """Writes finished chunks in the background; re-raises the writer's error in the main thread.
 
-    A group in `new_groups` is laid out by this thread just before its first chunk is written, so layouts too are
-    written behind compute, and those still left when the run stops (it failed, say) at close: as before, a
-    stopped run leaves every group laid out. A run killed in between resumes like any other (ensure_group redoes
-    a layout cut short).
+    The groups in `new_groups` are laid out by this thread first, all in one batch (lay_out), behind the first
+    chunk's compute; so a stopped run (it failed, say) leaves every group laid out. A run killed during the
+    layout resumes like any other (ensure_groups redoes a layout cut short).
     """
 
     store: FeatureStore
@@ -83,27 +86,24 @@ class WriterThread:
         self.queue: queue.Queue = queue.Queue(maxsize=self.queue_size)
         self.error: BaseException | None = None
         self.seconds_writing = 0.0
-        self._layouts_to_write = {layout.name: layout for layout in self.new_groups}
         self.thread = threading.Thread(target=self._run, name="feature-store-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        try:
+            start = time.perf_counter()
+            lay_out(self.store, self.new_groups)
+            self.seconds_writing += time.perf_counter() - start
+        except BaseException as exc:  # surfaced by put()/close() in the main thread
+            self.error = exc
         while (item := self.queue.get()) is not None:
             if self.error is None:
                 try:
                     start = time.perf_counter()
-                    group = item[0]
-                    if group in self._layouts_to_write:
-                        self._layouts_to_write.pop(group).apply(self.store)
                     self.store.write_chunk(*item)
                     self.seconds_writing += time.perf_counter() - start
                 except BaseException as exc:  # surfaced by put()/close() in the main thread
                     self.error = exc
-        try:
-            while self.error is None and self._layouts_to_write:
-                self._layouts_to_write.pop(next(iter(self._layouts_to_write))).apply(self.store)
-        except BaseException as exc:
-            self.error = exc
 
     def put(self, group: str, chunk: int, features: np.ndarray) -> None:
         if self.error is not None:
@@ -131,8 +131,7 @@ def segment_datasets(entries: list[CatalogEntry], catalog: Catalog, series_store
                      max_samples: int) -> list[DatasetSegments]:
     """Open each data set's reader and cut its series into segments (ids and lengths only, no values)."""
     datasets = []
-    for entry in entries:
-        reader = open_reader(entry, catalog, series_store)
+    for entry, reader in zip(entries, open_readers(entries, catalog, series_store, inline_io=True)):
         segments = segment_series(reader.ids, known_lengths(reader), max_samples)
         if entry.rate_unknown:
             rate = None
@@ -148,9 +147,9 @@ def plan_chunks(store: FeatureStore, datasets: list[DatasetSegments],
 
     A group the store already has is checked against the request here (a mismatch is refused before any teacher
     runs) and gives its pending chunks. A group new to it has every chunk pending; its request is checked here
-    too, but its layout, ~0.1 s of small writes per group, is left to the caller, who can write it behind compute.
+    too, but its layout is left to the caller, who can write it behind compute (all new groups in one batch).
     """
-    tasks, new_groups = [], []
+    tasks, new_groups, existing = [], [], []
     chunk_segments = store.manifest.compression.chunk_segments
     for dataset in datasets:
         tokens_of_length, token_rate = layouts[dataset.entry.name]
@@ -158,13 +157,16 @@ def plan_chunks(store: FeatureStore, datasets: list[DatasetSegments],
         layout = GroupLayout(dataset.entry.name, [s.id for s in dataset.segments], n_tokens, token_rate,
                              dataset.sampling_rate)
         if layout.name in store.manifest.groups:
-            layout.apply(store)
-            chunks = store.pending_chunks(layout.name)
-        else:  # never laid out whole, so no chunk of it was written (ensure_group records a group last)
+            existing.append(layout)
+        else:  # never laid out whole, so no chunk of it was written (ensure_groups records a group last)
             store.check_group_request(layout.name, layout.segment_ids, n_tokens, token_rate, layout.sampling_rate)
             new_groups.append(layout)
-            chunks = range(math.ceil(len(dataset.segments) / chunk_segments))
-        max_tokens = int(n_tokens.max())
+    lay_out(store, existing)  # checks them: a mismatch is refused here
+    pending = store.pending_chunks_of([layout.name for layout in existing])
+    for dataset in datasets:
+        name = dataset.entry.name
+        max_tokens = max(layouts[name][0][s.length] for s in dataset.segments)
+        chunks = pending[name] if name in pending else range(math.ceil(len(dataset.segments) / chunk_segments))
         for chunk in chunks:
             rows = slice(chunk * chunk_segments, (chunk + 1) * chunk_segments)  # the last chunk may be shorter
             tasks.append(ChunkTask(dataset.entry, chunk, dataset.segments[rows], dataset.sampling_rate, max_tokens))
@@ -231,8 +233,7 @@ def extract(name: str, params: Params, catalog: Catalog, entries: list[CatalogEn
         manifest, layouts = cluster.load_teacher_on_workers(client, name, spec, params, requests)
 
         def write_chunks(store, new_groups, tasks, progress):
-            for layout in new_groups:  # laid out before any worker opens the store
-                layout.apply(store)
+            lay_out(store, new_groups)  # laid out before any worker opens the store
             return cluster.write_chunks_on_workers(client, store, tasks, catalog, params.prepare.series_store,
                                                    spec.batch_size, progress)
 

@@ -7,7 +7,8 @@ is installed by monkeypatching the library (nothing in pipeline/ knows about fau
 itself with SIGKILL at a chosen point, or waits, or makes the teacher fail. STEP_FAULT is `<point>[:<arg>]`:
 
 extraction
-  layout:N          SIGKILL after the N-th zarr array is created (a data set's group layout cut short)
+  layout:N          SIGKILL after the N-th zarr node (group or array) of a layout is created: the groups' layouts
+                    are cut short (each is written in one batch, chunk_done last)
   chunk_start:N     SIGKILL when the N-th FeatureStore.write_chunk starts (chunk computed, nothing written)
   features_file:N   SIGKILL in the middle of writing the N-th features chunk file: half its bytes are in
                     zarr's temporary `.partial` file, as a kill during the write leaves it
@@ -16,8 +17,9 @@ extraction
   after_flag:N      SIGKILL right after the N-th chunk_done flag is set
   finalize          SIGKILL in finalize, after the manifest says complete, before metadata consolidation
   ready:PACE        touch $STEP_FAULT_DIR/ready once the store is open and locked, and sleep PACE seconds before
-                    every zarr array write, so the work spans a known time and a kill at a random time (sent by
-                    the test) lands inside it, often between the writes of one chunk; no byte written changes
+                    every zarr array write (sync or async: zarr.core.array._set_selection), so the work spans
+                    a known time and a kill at a random time (sent by the test) lands inside it, often between
+                    the writes of one chunk; no byte written changes
   hold              after the first chunk is written, touch $STEP_FAULT_DIR/holding, then wait for
                     $STEP_FAULT_DIR/release (keeps the store locked while a second process tries it)
   poison:SHA1       the teacher raises "simulated CUDA out of memory" on every batch holding the segment
@@ -75,17 +77,17 @@ class Counter:
 def install(fault: str) -> None:
     point, _, arg = fault.partition(":")
     if point == "layout":
-        import zarr
+        import pipeline.feature_store.layout as layout
 
-        counter, original = Counter(int(arg)), zarr.Group.create_array
+        counter, original = Counter(int(arg)), layout.create_nodes
 
-        def create_array(self, *args, **kwargs):
-            array = original(self, *args, **kwargs)
-            if counter.hit():
-                die()
-            return array
+        async def create_nodes(*args, **kwargs):  # the layout creates every node through this
+            async for created in original(*args, **kwargs):
+                yield created
+                if counter.hit():
+                    die()
 
-        zarr.Group.create_array = create_array
+        layout.create_nodes = create_nodes
     elif point == "chunk_start":
         from pipeline.feature_store import FeatureStore
 
@@ -117,43 +119,44 @@ def install(fault: str) -> None:
         local._put = put
     elif point in ("after_features", "after_stats", "after_flag"):
         import numpy as np
-        import zarr
+        import zarr.core.array as zarr_array
 
         watched = {"after_features": "features", "after_stats": "stat_m2", "after_flag": "chunk_done"}[point]
-        counter, original = Counter(int(arg)), zarr.Array.__setitem__
+        counter, original = Counter(int(arg)), zarr_array._set_selection
 
-        def setitem(self, selection, value):
-            original(self, selection, value)
-            if self.path.rsplit("/", 1)[-1] == watched and (watched != "chunk_done" or np.all(value)):
+        async def set_selection(store_path, metadata, codec_pipeline, config, indexer, value, **kwargs):
+            # every array write, Array.__setitem__'s and AsyncArray.setitem's, ends here
+            await original(store_path, metadata, codec_pipeline, config, indexer, value, **kwargs)
+            if store_path.path.rsplit("/", 1)[-1] == watched and (watched != "chunk_done" or np.all(value)):
                 if counter.hit():
                     die()
 
-        zarr.Array.__setitem__ = setitem
+        zarr_array._set_selection = set_selection
     elif point == "finalize":
-        import zarr
+        from pipeline.feature_store import FeatureStore
 
-        def consolidate_metadata(*args, **kwargs):  # finalize's last step, after the manifest is written
+        def consolidate(self):  # finalize's last step, after the manifest is written
             die()
 
-        zarr.consolidate_metadata = consolidate_metadata
+        FeatureStore._consolidate = consolidate
     elif point == "ready":
-        import zarr
+        import zarr.core.array as zarr_array
 
         from pipeline.feature_store import FeatureStore
 
-        original_open, original_setitem = FeatureStore.create_or_open.__func__, zarr.Array.__setitem__
+        original_open, original_set = FeatureStore.create_or_open.__func__, zarr_array._set_selection
 
         def create_or_open(cls, *args, **kwargs):
             store = original_open(cls, *args, **kwargs)
             touch("ready")
             return store
 
-        def setitem(self, selection, value):
-            time.sleep(float(arg))
-            original_setitem(self, selection, value)
+        async def set_selection(*args, **kwargs):
+            time.sleep(float(arg))  # blocks zarr's event loop, as a slow write would
+            await original_set(*args, **kwargs)
 
         FeatureStore.create_or_open = classmethod(create_or_open)
-        zarr.Array.__setitem__ = setitem
+        zarr_array._set_selection = set_selection
     elif point == "hold":
         from pipeline.feature_store import FeatureStore
 

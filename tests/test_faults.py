@@ -214,7 +214,7 @@ def expect_clear_error(result: Result, *names) -> None:
 # fault -> chunks marked done when the process dies (the writer thread writes chunks one after the other)
 KILL_POINTS = {
     "features_file:3": 2,   # half of chunk 3's features file written (zarr's temporary .partial file)
-    "layout:20": 0,         # laying out the third data set: 2 of its 9 arrays created
+    "layout:20": 0,         # laying out the 5 data sets in one batch: 20 of its 45 nodes (no chunk_done) created
     "chunk_start:5": 4,     # chunk 5 computed, nothing of it written
     "after_features:6": 5,  # chunk 6's features written, no statistics, no flag
     "after_stats:8": 7,     # chunk 8's features and statistics written, no flag

@@ -1,5 +1,7 @@
 """The FeatureStore class: create, resume or open a store, lay out its groups, write chunks, finalize, read."""
 
+import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -8,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.core.group import ConsolidatedMetadata, GroupMetadata
+from zarr.core.sync import sync
 
 from data_catalog.storage import StoreLocation
 from data_catalog.zarr_warnings import quiet_zarr_extension_warnings
 from pipeline.feature_store.chunks import checked_chunk, merge_moments
-from pipeline.feature_store.layout import check_group_request, create_group_layout
+from pipeline.feature_store.layout import GroupRequest, check_group_request, create_group_layouts, group_attributes
 from pipeline.feature_store.manifest import (
     StoreMismatchError,
     clear_store,
@@ -57,6 +61,8 @@ class FeatureStore:
         self._lock_fd = lock_fd  # a local store's directory, open and flock'd while writing; None otherwise
         self._chunk_writer = chunk_writer  # a cluster worker: may write chunks the driver handed it, nothing else
         self._arrays: dict[str, dict[str, zarr.Array]] = {}  # group -> array name -> array
+        self._group_metadata: dict[str, GroupMetadata] = {}  # group -> its metadata (attrs), for checks and finalize
+        self._flags: dict[str, np.ndarray] = {}  # group -> chunk_done as this writer knows it (it holds the lock)
         self._segment_ids: dict[str, np.ndarray] = {}  # group -> (segment,) <U..
         self._n_tokens: dict[str, np.ndarray] = {}  # group -> (segment,) int32
 
@@ -110,10 +116,10 @@ class FeatureStore:
             )
         remove_partial_files(location)
         with quiet_zarr_extension_warnings():  # never the consolidated metadata: it may be stale
-            root = zarr.open_group(store=location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False)
+            root = zarr.open_group(store=location.zarr_store(inline_io=True), mode="r+", zarr_format=3,
+                                   use_consolidated=False)
         store = cls(location, root, stored, writable=True, lock_fd=lock_fd)
-        for name in stored.groups:
-            store._load_group(name)
+        store._load_groups(list(stored.groups))
         done = "complete" if stored.complete else "resuming"
         logger.info("feature store %s exists with the same configuration: %s", path, done)
         return store
@@ -138,7 +144,8 @@ class FeatureStore:
         )
         with quiet_zarr_extension_warnings():
             root = zarr.create_group(
-                store=location.zarr_store(), zarr_format=3, attributes={"manifest": manifest.model_dump(mode="json")}
+                store=location.zarr_store(inline_io=True), zarr_format=3,
+                attributes={"manifest": manifest.model_dump(mode="json")},
             )
         logger.info("created feature store %s (%s)", location.shown, manifest.compression.describe())
         return cls(location, root, manifest, writable=True, lock_fd=lock_fd)
@@ -157,8 +164,7 @@ class FeatureStore:
         with quiet_zarr_extension_warnings():
             root = zarr.open_group(store=location.zarr_store(read_only=True), mode="r", zarr_format=3)
         store = cls(location, root, manifest)
-        for name in manifest.groups:
-            store._load_group(name)
+        store._load_groups(list(manifest.groups))
         return store
 
     @classmethod
@@ -174,20 +180,38 @@ class FeatureStore:
             raise RuntimeError(f"feature store {store.path} is complete: there are no chunks to write")
         with quiet_zarr_extension_warnings():
             store._root = zarr.open_group(
-                store=store._location.zarr_store(), mode="r+", zarr_format=3, use_consolidated=False
+                store=store._location.zarr_store(inline_io=True), mode="r+", zarr_format=3, use_consolidated=False
             )
         store._chunk_writer = True
-        for name in store.manifest.groups:
-            store._load_group(name)
+        store._load_groups(list(store.manifest.groups))
         return store
 
-    def _load_group(self, name: str) -> None:
-        """Cache a group's array handles and its small per-segment arrays."""
+    def _load_groups(self, names: list[str]) -> None:
+        """Cache groups' array handles and their small per-segment arrays, all in one zarr call."""
+
+        async def load(name: str):
+            group = await self._root._async_group.getitem(name)
+            arrays = dict(zip(self.ARRAY_NAMES, await asyncio.gather(*map(group.getitem, self.ARRAY_NAMES))))
+            ids, n_tokens = await asyncio.gather(arrays["segment_id"].getitem(slice(None)),
+                                                 arrays["n_tokens"].getitem(slice(None)))
+            return group.metadata, arrays, ids, n_tokens
+
+        async def load_all():
+            return await asyncio.gather(*map(load, names))
+
+        if not names:
+            return
         with quiet_zarr_extension_warnings():
-            group = self._root[name]
-            self._arrays[name] = {array_name: group[array_name] for array_name in self.ARRAY_NAMES}
-        self._segment_ids[name] = self._arrays[name]["segment_id"][:]
-        self._n_tokens[name] = self._arrays[name]["n_tokens"][:]
+            loaded = sync(load_all())
+        for name, (metadata, arrays, ids, n_tokens) in zip(names, loaded):
+            self._keep_group(name, metadata, arrays, ids, n_tokens)
+
+    def _keep_group(self, name: str, metadata: GroupMetadata, arrays: dict, segment_ids: np.ndarray,
+                    n_tokens: np.ndarray) -> None:
+        self._group_metadata[name] = metadata
+        self._arrays[name] = {array_name: zarr.Array(arrays[array_name]) for array_name in self.ARRAY_NAMES}
+        self._segment_ids[name] = segment_ids
+        self._n_tokens[name] = n_tokens
 
     def close(self) -> None:
         """Stop writing and release the write lock (if held). Safe to call twice."""
@@ -217,29 +241,72 @@ class FeatureStore:
         each. An existing group with other ids, token counts or rates raises StoreMismatchError. sampling_rate
         None: unknown; token_rate is then per sample and token times are in samples.
         """
+        self.ensure_groups([(name, segment_ids, n_tokens, token_rate, sampling_rate)])
+
+    def ensure_groups(self, requests: list[tuple]) -> None:
+        """ensure_group for several groups, each (name, segment_ids, n_tokens, token_rate, sampling_rate).
+
+        Every request is checked first; then the new groups are laid out in one batch (create_group_layouts),
+        the existing ones loaded in one batch, and the manifest, which names a group only once its layout is
+        whole, written once: a few zarr calls whatever the number of groups.
+        """
         self._require_writable()
-        segment_ids = np.asarray(segment_ids, dtype=str)  # (segment,) <U..
-        n_tokens = np.asarray(n_tokens)
-        self.check_group_request(name, segment_ids, n_tokens, token_rate, sampling_rate)
-        n_tokens = n_tokens.astype(np.int32)
+        checked = []
+        for name, segment_ids, n_tokens, token_rate, sampling_rate in requests:
+            segment_ids = np.asarray(segment_ids, dtype=str)  # (segment,) <U..
+            n_tokens = np.asarray(n_tokens)
+            self.check_group_request(name, segment_ids, n_tokens, token_rate, sampling_rate)
+            checked.append(GroupRequest(name, segment_ids, n_tokens.astype(np.int32), token_rate, sampling_rate))
+        if len({request.name for request in checked}) != len(checked):
+            raise ValueError(f"feature store {self.path}: a group is requested twice in one ensure_groups")
 
         with quiet_zarr_extension_warnings():
-            if name in self._root and "chunk_done" not in self._root[name]:
-                # chunk_done is created last: without it the layout was cut short and holds no features
+            state = sync(self._layout_states([request.name for request in checked]))
+            partial = [name for name, whole in state.items() if whole is False]
+            for name in partial:  # chunk_done is created last: without it the layout was cut short, no features
                 logger.warning("group %r of %s has an incomplete layout; recreating it", name, self.path)
-                del self._root[name]
-            if name not in self._root:
-                create_group_layout(self._root, self.manifest, name, segment_ids, n_tokens, token_rate, sampling_rate)
-        self._load_group(name)
-        self._check_group_matches(name, segment_ids, n_tokens, token_rate, sampling_rate)
+            new = [request for request in checked if not state[request.name]]
+            if new:
+                store = self._root.store_path.store
+                created = sync(self._recreate(store, partial, new))
+                for request in new:
+                    metadata = GroupMetadata(attributes=group_attributes(request), zarr_format=3)
+                    self._keep_group(request.name, metadata, created[request.name], request.segment_ids,
+                                     request.n_tokens)
+                    self._flags[request.name] = np.zeros(created[request.name]["chunk_done"].shape, dtype=bool)
+            self._load_groups([request.name for request in checked if state[request.name]])
+        for request in checked:
+            self._check_group_matches(request.name, request.segment_ids, request.n_tokens, request.token_rate,
+                                      request.sampling_rate)
 
-        if name not in self.manifest.groups:
-            info = GroupInfo(
-                n_segments=len(segment_ids), max_tokens=int(n_tokens.max()),
-                token_rate=token_rate, sampling_rate=sampling_rate,
+        added = {
+            request.name: GroupInfo(
+                n_segments=len(request.segment_ids), max_tokens=int(request.n_tokens.max()),
+                token_rate=request.token_rate, sampling_rate=request.sampling_rate,
             )  # fmt: skip
-            self.manifest = self.manifest.model_copy(update={"groups": {**self.manifest.groups, name: info}})
+            for request in checked if request.name not in self.manifest.groups
+        }
+        if added:
+            self.manifest = self.manifest.model_copy(update={"groups": {**self.manifest.groups, **added}})
             self._mark_incomplete()  # also writes the manifest
+
+    async def _layout_states(self, names: list[str]) -> dict[str, bool | None]:
+        """Per group: True laid out whole, False cut short (anything there but no chunk_done), None absent."""
+        store = self._root.store_path.store
+
+        async def state(name: str) -> bool | None:
+            if await store.exists(f"{name}/chunk_done/zarr.json"):
+                return True
+            async for _ in store.list_prefix(f"{name}/"):
+                return False
+            return None
+
+        return dict(zip(names, await asyncio.gather(*map(state, names))))
+
+    async def _recreate(self, store, partial: list[str], new: list[GroupRequest]) -> dict:
+        """Delete the layouts cut short, then lay out the new groups; returns their arrays by group and name."""
+        await asyncio.gather(*(store.delete_dir(name) for name in partial))
+        return await create_group_layouts(store, self.manifest, new)
 
     def check_group_request(self, name: str, segment_ids, n_tokens, token_rate: float,
                             sampling_rate: float | None) -> None:
@@ -269,7 +336,7 @@ class FeatureStore:
                 f"{where}: segment {str(stored_ids[index])!r} has {stored_n_tokens[index]} tokens in the store, "
                 f"requested {n_tokens[index]} ({len(differing)} segments differ). {advice}"
             )
-        attrs = self._root[name].attrs
+        attrs = self._group_metadata[name].attributes
         for key, value in (("token_rate", token_rate), ("sampling_rate", sampling_rate)):
             if attrs[key] != (None if value is None else float(value)):
                 raise StoreMismatchError(f"{where}: {key} is {attrs[key]} in the store, requested {value}. {advice}")
@@ -298,6 +365,13 @@ class FeatureStore:
         """Chunks whose features are not yet (completely) written, in order."""
         return np.flatnonzero(~self._group_arrays(name)["chunk_done"][:]).tolist()
 
+    def pending_chunks_of(self, names: list[str]) -> dict[str, list[int]]:
+        """pending_chunks of several groups, read in one zarr call."""
+        for name in names:
+            self._group_arrays(name)  # a clear error for an unknown group
+        records = self._read_records(names, ("chunk_done",))
+        return {name: np.flatnonzero(~records[name]["chunk_done"]).tolist() for name in names}
+
     def _group_arrays(self, name: str) -> dict[str, zarr.Array]:
         if name not in self._arrays:
             raise KeyError(f"feature store {self.path} has no group {name!r} (groups: {self.group_names()})")
@@ -324,13 +398,27 @@ class FeatureStore:
 
         if self.manifest.complete:
             self._mark_incomplete()  # never in a chunk writer: it refuses complete stores
-        if arrays["chunk_done"][chunk]:
-            arrays["chunk_done"][chunk] = False  # rewriting: never leave a half-rewritten chunk marked done
-        arrays["features"][segments] = padded.astype(self.manifest.dtype)
-        arrays["stat_count"][chunk] = count
-        arrays["stat_mean"][chunk] = mean
-        arrays["stat_m2"][chunk] = m2
-        arrays["chunk_done"][chunk] = True
+        done = arrays["chunk_done"]._async_array
+        # a chunk of a group this writer laid out and has not written is known not done: no flag to read
+        known = None if self._chunk_writer else self._flags.get(name)
+
+        async def clear_flag() -> None:
+            if await done.getitem(chunk):
+                await done.setitem(chunk, False)  # rewriting: never leave a half-rewritten chunk marked done
+
+        async def statistics_then_flag() -> None:  # in this order, in one zarr call (each call is a thread handoff)
+            await arrays["stat_count"]._async_array.setitem(chunk, count)
+            await arrays["stat_mean"]._async_array.setitem(chunk, mean)
+            await arrays["stat_m2"]._async_array.setitem(chunk, m2)
+            await done.setitem(chunk, True)
+
+        with quiet_zarr_extension_warnings():
+            if known is None or known[chunk]:
+                sync(clear_flag())
+            arrays["features"][segments] = padded.astype(self.manifest.dtype)
+            sync(statistics_then_flag())
+        if known is not None:
+            known[chunk] = True
 
     def finalize(self) -> FeatureStoreManifest:
         """Merge the chunk statistics into the manifest, mark the store complete and consolidate metadata.
@@ -340,8 +428,10 @@ class FeatureStore:
         self._require_writable()
         if not self.manifest.groups:
             raise RuntimeError(f"cannot finalize feature store {self.path}: it has no groups")
+        names = sorted(self.manifest.groups)  # a fixed merge order: resumed and uninterrupted runs agree exactly
+        records = self._read_records(names, ("chunk_done", "stat_count", "stat_mean", "stat_m2"))
         for name in self.manifest.groups:
-            pending = self.pending_chunks(name)
+            pending = np.flatnonzero(~records[name]["chunk_done"]).tolist()
             if pending:
                 raise RuntimeError(
                     f"cannot finalize feature store {self.path}: group {name!r} has {len(pending)} of "
@@ -350,15 +440,12 @@ class FeatureStore:
         if self.manifest.complete:
             root_metadata = json.loads(self._location.fs.cat_file(self._location.join("zarr.json")))
             if root_metadata.get("consolidated_metadata") is None:  # killed between the manifest and consolidating
-                with quiet_zarr_extension_warnings():
-                    zarr.consolidate_metadata(self._location.zarr_store(), zarr_format=3)
+                self._consolidate()
             return self.manifest
 
-        names = sorted(self.manifest.groups)  # a fixed merge order: resumed and uninterrupted runs agree exactly
         count, mean, variance = merge_moments(
-            np.concatenate([self._arrays[name]["stat_count"][:] for name in names]),
-            np.concatenate([self._arrays[name]["stat_mean"][:] for name in names]),
-            np.concatenate([self._arrays[name]["stat_m2"][:] for name in names]),
+            *(np.concatenate([records[name][array_name] for name in names])
+              for array_name in ("stat_count", "stat_mean", "stat_m2"))
         )
         groups = {name: info.model_copy(update={"complete": True}) for name, info in self.manifest.groups.items()}
         self.manifest = self.manifest.model_copy(
@@ -370,10 +457,37 @@ class FeatureStore:
             }
         )
         self._write_manifest()
-        with quiet_zarr_extension_warnings():
-            zarr.consolidate_metadata(self._location.zarr_store(), zarr_format=3)
+        self._consolidate()
         logger.info("finalized feature store %s: %d groups, %d tokens", self.path, len(groups), count)
         return self.manifest
+
+    def _read_records(self, names: list[str], array_names: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+        """{group: {array name: whole array}} of small per-chunk arrays, read in one zarr call."""
+
+        async def read_all():
+            return await asyncio.gather(*(self._arrays[name][array_name]._async_array.getitem(slice(None))
+                                          for name in names for array_name in array_names))
+
+        values = iter(sync(read_all()))
+        return {name: {array_name: next(values) for array_name in array_names} for name in names}
+
+    def _consolidate(self) -> None:
+        """Write the root's consolidated metadata from the handles this store holds, without walking the store.
+
+        The same zarr.json as zarr.consolidate_metadata (tests/test_feature_store.py compares them): the groups'
+        and arrays' metadata never change after their layout, and the root's attrs are the manifest just written.
+        """
+        members = {}
+        for name in self.manifest.groups:  # consolidate_metadata marks groups without children of their own so
+            members[name] = dataclasses.replace(self._group_metadata[name],
+                                                consolidated_metadata=ConsolidatedMetadata(metadata={}))
+            for array_name, array in self._arrays[name].items():
+                members[f"{name}/{array_name}"] = array.metadata
+        ConsolidatedMetadata._flat_to_nested(members)
+        root = self._root._async_group
+        metadata = dataclasses.replace(root.metadata, consolidated_metadata=ConsolidatedMetadata(metadata=members))
+        with quiet_zarr_extension_warnings():
+            sync(dataclasses.replace(root, metadata=metadata)._save_metadata())
 
     def _mark_incomplete(self) -> None:
         """The store is changing: drop the finished statistics (writing root attrs also drops the
