@@ -1,5 +1,6 @@
 """The teacher feature store: layout through xarray, streaming statistics, resume, refusal, lock, lossy codecs."""
 
+import contextlib
 import multiprocessing
 import warnings
 from pathlib import Path
@@ -87,6 +88,23 @@ def store_files(path: Path) -> dict[str, bytes]:
 def features_bytes(path: Path, group: str) -> int:
     return sum(file.stat().st_size for file in (path / group / "features").rglob("*") if file.is_file())
 
+
+
+@contextlib.contextmanager
+def features_write_fails(store: FeatureStore, group: str):
+    """Within the block, writing `group`'s features raises OSError as a full disk does; restored after."""
+
+    class FailingDisk:
+        shape = store._arrays[group]["features"].shape
+
+        def __setitem__(self, selection, value):
+            raise OSError("No space left on device")
+
+    real, store._arrays[group]["features"] = store._arrays[group]["features"], FailingDisk()
+    try:
+        yield
+    finally:
+        store._arrays[group]["features"] = real
 
 def test_layout_reads_back_through_xarray(tmp_path):
     path = tmp_path / "toy.zarr"
@@ -245,16 +263,8 @@ def test_a_bad_batch_leaves_its_chunk_pending(tmp_path):
         with pytest.raises(ValueError, match=r"features have shape \(3, 9, 12\), expected \(4, 9..9, 12\)"):
             store.write_chunk("quakes", 0, features[0:3])
 
-        class FailingDisk:  # the features write itself fails (disk full)
-            shape = store._arrays["quakes"]["features"].shape
-
-            def __setitem__(self, selection, value):
-                raise OSError("No space left on device")
-
-        real_features, store._arrays["quakes"]["features"] = store._arrays["quakes"]["features"], FailingDisk()
-        with pytest.raises(OSError):
+        with features_write_fails(store, "quakes"), pytest.raises(OSError):  # the features write itself fails
             store.write_chunk("quakes", 0, features[0:4])
-        store._arrays["quakes"]["features"] = real_features
         assert store.pending_chunks("quakes")[0] == 0
         assert store.chunk_statistics("quakes")[1][0] == 0  # no statistics recorded either
         with pytest.raises(RuntimeError, match="group 'quakes' has 6 of 6 chunks unwritten"):

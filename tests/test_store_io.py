@@ -23,7 +23,15 @@ from pipeline.feature_store import FeatureStore
 from pipeline.feature_store.layout import GroupRequest, create_group_layouts, group_arrays, group_attributes
 from schemas.manifest import StoreCompression
 from tests.conftest import ROOT
-from tests.test_feature_store import DATA_SETS, SAMPLING_RATE, TOKEN_RATE, build_store, make_manifest, write_groups
+from tests.test_feature_store import (
+    DATA_SETS,
+    SAMPLING_RATE,
+    TOKEN_RATE,
+    build_store,
+    features_write_fails,
+    make_manifest,
+    write_groups,
+)
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -194,17 +202,8 @@ def test_a_failed_rewrite_of_a_chunk_written_in_this_session_leaves_it_pending(t
         store.ensure_groups([("quakes", segment_ids, n_tokens, TOKEN_RATE, SAMPLING_RATE)])
         store.write_chunk("quakes", 0, features[0:4])
         assert store.pending_chunks("quakes")[0] == 1
-
-        class FailingDisk:
-            shape = store._arrays["quakes"]["features"].shape
-
-            def __setitem__(self, selection, value):
-                raise OSError("No space left on device")
-
-        real, store._arrays["quakes"]["features"] = store._arrays["quakes"]["features"], FailingDisk()
-        with pytest.raises(OSError):
+        with features_write_fails(store, "quakes"), pytest.raises(OSError):
             store.write_chunk("quakes", 0, features[0:4])
-        store._arrays["quakes"]["features"] = real
         assert store.pending_chunks("quakes")[0] == 0  # never left marked done over a half-rewritten chunk
         store.write_chunk("quakes", 0, features[0:4])
         assert store.pending_chunks("quakes")[0] == 1

@@ -363,7 +363,7 @@ class FeatureStore:
 
     def pending_chunks(self, name: str) -> list[int]:
         """Chunks whose features are not yet (completely) written, in order."""
-        return np.flatnonzero(~self._group_arrays(name)["chunk_done"][:]).tolist()
+        return self.pending_chunks_of([name])[name]
 
     def pending_chunks_of(self, names: list[str]) -> dict[str, list[int]]:
         """pending_chunks of several groups, read in one zarr call."""
