@@ -43,6 +43,14 @@ ABLATIONS: dict[str, list[str]] = {
     # token losses on each token minus its series' mean (the level is left to the summary loss)
     "token-deviations": ["distill.token_target=deviations"],
     "summary-max": ["distill.summary_pooling=mean+std+max"],  # the summary loss also matches the targets' max
+    # the teachers' neighbourhoods within a batch (one data set) as a CompRess-style relation loss
+    "relation-loss": ["distill.relation_weight=1.0"],
+    # student width and depth (cpu-small: hidden 64, 4 blocks; 128 was the default before)
+    "width-128": ["+student.overrides.hidden_size=128", "+student.overrides.intermediate_size=512"],
+    "width-192": ["+student.overrides.hidden_size=192", "+student.overrides.intermediate_size=768"],
+    "depth-6": ["+student.overrides.num_hidden_layers=6"],
+    # a narrower learned part of the embedding: mean/std/max pool a trained Linear(hidden, 32) of the tokens
+    "embedding-size-32": ["+student.overrides.embedding_size=32"],
     "spectral-weight-3": ["+distill.teacher_weights.spectral=3.0"],
     # every channel of every training segment (the default shows at most 4, a random subset per segment)
     "all-channels": ["distill.max_channels=null"],

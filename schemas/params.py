@@ -140,6 +140,14 @@ class DistillParams(Section):
         description="How the summary loss pools the student's tokens and each teacher's targets: mean+std, or "
         "mean+std+max (the moments the embedding and the probe read; the max keeps a transient in a few tokens).",
     )
+    relation_weight: float = Field(
+        0.0, ge=0,
+        description="Weight of the relation loss: within a batch (one data set), the softmax of the cosine similarities "
+        "of each series' summary prediction to every series' pooled target must match the teacher's own similarities "
+        "among those targets (CompRess/SEED-style), so the student keeps each teacher's neighbourhoods within a data "
+        "set, which a probe reads, not only the large differences between data sets (0: off).",
+    )
+    relation_temperature: float = Field(0.1, gt=0, description="Temperature of the relation loss's softmaxes.")
     structure_weight: float = Field(
         1.0, ge=0,
         description="Weight of the structure loss: a head on each final token predicts that token's own fine-structure "

@@ -1,5 +1,6 @@
 """Stage two on a tiny project: trains from stores alone, refuses stale stores, resumes exactly, writes reports."""
 
+import csv
 import dataclasses
 import json
 import shutil
@@ -154,7 +155,6 @@ def test_validation_loss_per_source_and_memory_are_reported(extracted_project, t
     root, params_path = extracted_project
     metrics = distill(params_in(root, params_path, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
                                 reports_dir=str(tmp_path / "r")))
-    import csv
 
     rows = list(csv.DictReader(open(tmp_path / "r/distill/val_loss_by_source.csv")))
     final = [r for r in rows if int(r["step"]) == metrics["steps"]]
@@ -201,7 +201,7 @@ def test_summary_loss_with_max_pooling_reads_the_targets_maximum():
         objective = DistillationObjective(heads, {"t": 1.0}, "interpolate", 0.0, 1.0, 1.0, 0.0, 1.0,
                                           summary_pooling=pooling)
         losses[pooling] = [objective.summary_loss(out, SimpleNamespace(n_tokens={"t": torch.tensor([4])},
-                                                                       targets={"t": target})).item()
+                                                                       targets={"t": target}))[0].item()
                            for target in (plateaus, peak)]
     assert losses["mean+std"][0] == pytest.approx(losses["mean+std"][1], abs=1e-6)
     assert abs(losses["mean+std+max"][0] - losses["mean+std+max"][1]) > 1e-3
@@ -216,7 +216,6 @@ def test_structure_loss_trains_its_own_head_and_needs_fine_structure(extracted_p
         distill(params)
     params.student.overrides |= {"structure_lags": 2, "structure_bands": 3}
     metrics = distill(params)
-    import csv
 
     final = list(csv.DictReader(open(tmp_path / "r/distill/val_loss.csv")))[-1]
     assert float(final["structure"]) > 0 and np.isfinite(metrics["val_loss"]["total"])
@@ -470,3 +469,49 @@ def test_a_non_finite_loss_stops_before_the_update_naming_the_batch(extracted_pr
     weights = load_file(tmp_path / "c/latest/weights.safetensors")  # step 2's checkpoint, untouched and finite
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert not (tmp_path / "m").exists()
+
+
+def test_relation_loss_asks_for_the_teachers_neighbourhoods_within_the_batch():
+    from pipeline.distill.objective import relation_loss
+
+    torch.manual_seed(0)
+    target = torch.randn(6, 8)
+    twins = torch.cat([target[:1], target[:1]])  # two series the teacher cannot tell apart
+    exact = relation_loss(target, target, 0.1).item()
+    swapped = relation_loss(target[[1, 0, 2, 3, 4, 5]], target, 0.1).item()  # two predictions traded places
+    assert exact < swapped  # the minimum is the teacher's own arrangement
+    assert relation_loss(twins, twins, 0.1).item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
+    assert relation_loss(target[:1], target[:1], 0.1).item() == 0.0  # nothing to relate in a batch of one
+    scaled = relation_loss(3.0 * target, target, 0.1).item()  # cosine: only directions matter
+    assert scaled == pytest.approx(exact, abs=1e-5)
+
+
+def test_relation_loss_trains_and_is_reported(extracted_project, tmp_path):
+    root, params_path = extracted_project
+    params = params_in(root, params_path, relation_weight=1.0, summary_weight=0.0, max_steps=2,
+                       output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"),
+                       reports_dir=str(tmp_path / "r"))
+    metrics = distill(params)
+    final = list(csv.DictReader(open(tmp_path / "r/distill/val_loss.csv")))[-1]
+    assert float(final["relation"]) > 0 and "summary" not in final and np.isfinite(metrics["val_loss"]["total"])
+
+
+def test_embedding_projection_is_trained_by_the_summary_loss_and_needs_it(extracted_project, tmp_path):
+    root, params_path = extracted_project
+    dirs = dict(output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "c"), reports_dir=str(tmp_path / "r"))
+    params = params_in(root, params_path, max_steps=3, **dirs)
+    params.student.overrides["embedding_size"] = 4
+    distill(params)
+    weights = load_file(tmp_path / "c/latest/weights.safetensors")
+    summary = [v for k, v in weights.items() if k.startswith("heads.summary_heads.") and k.endswith(".1.weight")]
+    assert summary and all(w.shape[1] == 2 * 4 for w in summary)  # mean+std of the 4 projected numbers
+    student = STEPEncoder.from_pretrained(tmp_path / "m")
+    torch.manual_seed(0)
+    fresh = STEPEncoder(student.config)
+    assert student.config.embedding_size == 4
+    assert not torch.allclose(student.embedding_projection.weight, fresh.embedding_projection.weight)
+
+    params = params_in(root, params_path, max_steps=1, summary_weight=0.0, **dirs)
+    params.student.overrides["embedding_size"] = 4
+    with pytest.raises(ValueError, match="embedding_size.*summary"):
+        distill(params)

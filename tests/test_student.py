@@ -371,7 +371,7 @@ def test_save_load_round_trip_is_exact_and_works_through_automodel(model, tmp_pa
 def test_presets():
     small = STEPConfig.from_preset("cpu-small")
     paper = STEPConfig.from_preset("paper", num_hidden_layers=17)
-    assert (small.hidden_size, small.num_hidden_layers) == (128, 4)
+    assert (small.hidden_size, small.num_hidden_layers) == (64, 4)
     assert (paper.hidden_size, paper.num_hidden_layers) == (768, 17)
     assert STEPConfig().to_dict()["hidden_size"] == PRESETS["cpu-small"]["hidden_size"]  # the default is cpu-small
     with torch.device("meta"):  # count parameters without allocating 100M+ of them
@@ -484,6 +484,27 @@ def test_structure_pooling_reads_the_fine_structure_inputs(model):
         pool_embedding(tokens, mask, "mean+structure")
     with pytest.raises(ValueError, match="needs the student's fine-structure inputs"):
         tiny_model(structure_bands=0).embed(series, pooling="structure")
+
+
+def test_embedding_size_pools_the_projected_tokens_and_survives_save_and_load(tmp_path):
+    """embedding_size E: mean/std/max pool Linear(hidden, E) of the final tokens (3 E numbers), stats and structure
+    are appended as before; the projection is saved with the model; a negative size is refused by name."""
+    model = tiny_model(embedding_size=5)
+    rng = np.random.default_rng(4)
+    series = [rng.standard_normal(n).astype(np.float32) for n in (300, 700)]
+    embedding = model.embed(series, pooling="mean+std+max+stats+structure")
+    assert embedding.shape == (2, 3 * 5 + 2 + 3 * 3)
+    with torch.no_grad():
+        out = model(torch.from_numpy(series[0])[None, None])
+        projected = model.embedding_projection(out.last_hidden_state[0, 0])  # (N, E)
+    np.testing.assert_allclose(embedding[0, :5], projected.mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(embedding[0, 10:15], projected.amax(0).numpy(), atol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModel.from_pretrained(tmp_path).eval()
+    np.testing.assert_allclose(loaded.embed(series), model.embed(series), atol=1e-6)
+    assert tiny_model().embed(series, pooling="mean").shape == (2, 32)  # 0: the tokens themselves
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="embedding_size"):
+        STEPConfig(**{**TINY, "embedding_size": -1})
 
 
 def test_embed_keep_channels_orders_channels_and_needs_one_channel_count(model):

@@ -9,6 +9,11 @@ Summary loss (RADIO/UNIC-style, `summary_weight`): users read a pooled vector, s
 (mean and std over valid tokens, `pool_embedding`) are also mapped by a summary head per teacher to that teacher's
 pooled standardised targets (mean and std over its valid tokens), with the same cosine + smooth-L1 form.
 
+Relation loss (CompRess/SEED-style, `relation_weight`): a batch holds one data set, so within it each series'
+summary prediction is compared with every series' pooled target: the softmax of those cosine similarities must
+match the softmax of the teacher's own similarities among the targets. Regression spends its effort on the large
+differences between data sets; this term asks for the neighbourhoods within one, which is what a probe reads.
+
 Deviation targets (ours, `token_target: deviations`): the token losses compare each token minus its series' mean
 over valid tokens, prediction and target alike, so what varies within a series is what they ask for; the series'
 level is left to the summary loss.
@@ -36,7 +41,7 @@ class TeacherHeads(nn.Module):
     """
 
     def __init__(self, hidden_size: int, feature_dims: dict[str, int], kind: str = "linear", summary: bool = False,
-                 structure_dim: int = 0, summary_moments: int = 2):
+                 structure_dim: int = 0, summary_moments: int = 2, summary_width: int | None = None):
         super().__init__()
 
         def head(width: int, dim: int) -> nn.Module:
@@ -45,9 +50,11 @@ class TeacherHeads(nn.Module):
             return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, dim))
 
         self.heads = nn.ModuleDict({name: head(hidden_size, dim) for name, dim in feature_dims.items()})
-        # summary heads: the student's pooled tokens (mean, std[, max]) -> the teacher's targets pooled the same way
+        # summary heads: the student's pooled tokens (mean, std[, max]; of its embedding tokens, summary_width wide,
+        # when the student has an embedding projection) -> the teacher's targets pooled the same way
+        width = summary_width or hidden_size
         self.summary_heads = nn.ModuleDict(
-            {name: head(summary_moments * hidden_size, summary_moments * dim) for name, dim in feature_dims.items()}
+            {name: head(summary_moments * width, summary_moments * dim) for name, dim in feature_dims.items()}
             if summary else {}
         )
         # structure head: each final token -> its own fine-structure inputs (lag increments, band powers)
@@ -109,13 +116,14 @@ class DistillationObjective(nn.Module):
     def __init__(self, heads: TeacherHeads, weights: dict[str, float], alignment: str, cosine_weight: float,
                  smooth_l1_weight: float, smooth_l1_beta: float, patching_weight: float, summary_weight: float = 0.0,
                  structure_weight: float = 0.0, summary_pooling: str = "mean+std",
-                 token_target: str = "tokens"):
+                 token_target: str = "tokens", relation_weight: float = 0.0, relation_temperature: float = 0.1):
         super().__init__()
         self.heads, self.weights, self.alignment = heads, weights, alignment
         self.cosine_weight, self.smooth_l1_weight, self.beta = cosine_weight, smooth_l1_weight, smooth_l1_beta
         self.patching_weight, self.summary_weight = patching_weight, summary_weight
         self.structure_weight, self.summary_pooling = structure_weight, summary_pooling
         self.token_target = token_target
+        self.relation_weight, self.relation_temperature = relation_weight, relation_temperature
 
     def forward(self, student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its parts: one per teacher (unweighted), `patching`, and `summary` when it is on."""
@@ -155,9 +163,14 @@ class DistillationObjective(nn.Module):
                                         self.beta)
         parts["patching"] = torch.stack(patching).mean()
         total = sum(self.weights[t] * parts[t] for t in on_grid) + self.patching_weight * parts["patching"]
-        if self.summary_weight > 0:
-            parts["summary"] = self.summary_loss(outputs[0], batch)
-            total = total + self.summary_weight * parts["summary"]
+        if self.summary_weight > 0 or self.relation_weight > 0:
+            summary, relation = self.summary_loss(outputs[0], batch, getattr(student, "embedding_tokens", None))
+            if self.summary_weight > 0:
+                parts["summary"] = summary
+                total = total + self.summary_weight * summary
+            if self.relation_weight > 0:
+                parts["relation"] = relation
+                total = total + self.relation_weight * relation
         if self.structure_weight > 0:
             parts["structure"] = self.structure_loss(outputs[0])
             total = total + self.structure_weight * parts["structure"]
@@ -172,16 +185,39 @@ class DistillationObjective(nn.Module):
         mask = out.token_mask[:, None, :].expand(-1, target.shape[1], -1).flatten(0, 1)  # (B C, N)
         return token_loss(prediction.flatten(0, 1), target.flatten(0, 1), mask, 0.0, 1.0, self.beta)
 
-    def summary_loss(self, out, batch) -> torch.Tensor:
-        """Teacher-weighted mean over teachers of the loss between summary-head outputs and pooled targets."""
-        pooled = pool_embedding(out.last_hidden_state, out.token_mask, self.summary_pooling)  # (batch, moments H)
-        losses, weights = [], []
+    def summary_loss(self, out, batch, embedding_tokens=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-weighted means over teachers of the summary loss (summary-head outputs against pooled targets)
+        and of the relation loss (their similarities within the batch against the targets' own).
+
+        embedding_tokens: the student's map from final tokens to what its embedding pools (its embedding
+        projection), so that the summary loss trains the very vector users read; None = the tokens themselves."""
+        tokens = out.last_hidden_state if embedding_tokens is None else embedding_tokens(out.last_hidden_state)
+        pooled = pool_embedding(tokens, out.token_mask, self.summary_pooling)  # (batch, moments E)
+        summaries, relations, weights = [], [], []
         for teacher, target in batch.targets.items():
             mask = token_mask(batch.n_tokens[teacher], target.shape[1])  # (batch, N_k)
             pooled_target = pool_embedding(target[:, None].float(), mask, self.summary_pooling)  # (batch, moments F)
             prediction = self.heads.summary(teacher, pooled)
             ones = torch.ones(prediction.shape[0], 1, dtype=torch.bool, device=prediction.device)
-            losses.append(token_loss(prediction[:, None], pooled_target[:, None], ones, self.cosine_weight,
-                                     self.smooth_l1_weight, self.beta))
+            summaries.append(token_loss(prediction[:, None], pooled_target[:, None], ones, self.cosine_weight,
+                                        self.smooth_l1_weight, self.beta))
+            relations.append(relation_loss(prediction, pooled_target, self.relation_temperature))
             weights.append(self.weights[teacher])
-        return sum(w * loss for w, loss in zip(weights, losses)) / max(sum(weights), 1e-12)
+        mean = lambda losses: sum(w * loss for w, loss in zip(weights, losses)) / max(sum(weights), 1e-12)  # noqa: E731
+        return mean(summaries), mean(relations)
+
+
+def relation_loss(prediction: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy between the teacher's and the student's similarity distributions within a batch.
+
+    prediction, target (batch, F). Row i of the target distribution is softmax_j(cos(t_i, t_j) / T), of the
+    student's softmax_j(cos(p_i, t_j) / T): the prediction must sit among the batch's targets where its own target
+    sits (near-identical targets share the mass, so no series is pushed away from its twin). 0 for a batch of one.
+    """
+    if prediction.shape[0] < 2:
+        return prediction.sum() * 0.0
+    p, t = F.normalize(prediction.float(), dim=-1), F.normalize(target.float(), dim=-1)
+    student_logits = p @ t.T / temperature   # (batch, batch)
+    teacher_logits = t @ t.T / temperature   # (batch, batch)
+    teacher_probs = teacher_logits.softmax(dim=-1)
+    return -(teacher_probs * student_logits.log_softmax(dim=-1)).sum(-1).mean()

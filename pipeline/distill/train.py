@@ -136,7 +136,7 @@ def validation_loss(objective, model, data: DistillationData, device, autocast) 
     stands out); each rank evaluates its share, the sums are combined."""
     model.eval()
     names = ["total", *data.teachers, "patching"] + (["summary"] if objective.summary_weight > 0 else []) + (
-        ["structure"] if objective.structure_weight > 0 else [])
+        ["relation"] if objective.relation_weight > 0 else []) + (["structure"] if objective.structure_weight > 0 else [])
     sources = list(data.datasets)
     sums = {source: dict.fromkeys(names, 0.0) for source in sources}
     counts = dict.fromkeys(sources, 0)
@@ -217,14 +217,19 @@ def student_and_objective(params: Params, config, stores: dict[str, FeatureStore
     if config.max_channels is not None and student_config.montage_channels:
         raise ValueError("distill.max_channels shows the student channel subsets, which break the channel identities "
                          "of student.overrides.montage_channels: set one of them, not both")
-    heads = TeacherHeads(student_config.hidden_size, dims, config.head, summary=config.summary_weight > 0,
+    summary = config.summary_weight > 0 or config.relation_weight > 0
+    if student_config.embedding_size and not summary:
+        raise ValueError("student.overrides.embedding_size > 0 needs the summary loss to train the embedding "
+                         "projection: set distill.summary_weight (or relation_weight) > 0, or embedding_size: 0")
+    heads = TeacherHeads(student_config.hidden_size, dims, config.head, summary=summary,
                          structure_dim=structure_dim,
-                         summary_moments=len(config.summary_pooling.split("+"))).to(device)
+                         summary_moments=len(config.summary_pooling.split("+")),
+                         summary_width=student_config.embedding_size or None).to(device)
     weights = {t: config.teacher_weights.get(t, 1.0) for t in stores}
     objective = DistillationObjective(heads, weights, config.alignment, config.cosine_weight,
                                       config.smooth_l1_weight, config.smooth_l1_beta, config.patching_weight,
                                       config.summary_weight, config.structure_weight, config.summary_pooling,
-                                      config.token_target)
+                                      config.token_target, config.relation_weight, config.relation_temperature)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=config.lr,
                                   betas=(0.9, 0.95), weight_decay=config.weight_decay)
     return model, heads, objective, optimizer

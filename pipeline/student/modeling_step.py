@@ -351,6 +351,9 @@ class STEPEncoder(PreTrainedModel):
         self.blocks = nn.ModuleList(STEPBlock(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooled_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Linear(D, E): the numbers per token that the embedding's mean/std/max parts pool (embedding_size > 0)
+        self.embedding_projection = (nn.Linear(config.hidden_size, config.embedding_size) if config.embedding_size
+                                     else None)
         self.post_init()
 
     def _init_weights(self, module: nn.Module):
@@ -469,6 +472,13 @@ class STEPEncoder(PreTrainedModel):
             fine_structure=fine_structure,
         )
 
+    def embedding_tokens(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """What the embedding's mean/std/max parts pool: (B, C, N, D) final tokens -> (B, C, N, E), or the tokens
+        themselves when embedding_size is 0."""
+        if self.embedding_projection is None:
+            return last_hidden_state
+        return self.embedding_projection(last_hidden_state)
+
     @torch.inference_mode()
     def embed(
         self,
@@ -519,8 +529,8 @@ class STEPEncoder(PreTrainedModel):
                 if pooling == "pooled":
                     vectors = out.pooled
                 else:
-                    vectors = pool_embedding(out.last_hidden_state, out.token_mask, pooling, keep_channels,
-                                             out.statistics, out.fine_structure)
+                    vectors = pool_embedding(self.embedding_tokens(out.last_hidden_state), out.token_mask, pooling,
+                                             keep_channels, out.statistics, out.fine_structure)
                 if embeddings is None:
                     embeddings = np.zeros((len(arrays), vectors.shape[1]), dtype=np.float32)
                 embeddings[batch] = vectors.float().cpu().numpy()

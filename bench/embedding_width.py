@@ -1,0 +1,132 @@
+"""How the width of each row's learned part moves the probe table: every row's token part (mean+std+max of its
+tokens) reduced to its top-k principal components, the statistics and structure vectors kept as they are.
+
+The probe standardises every dimension and fits one ridge penalty over all of them, with 75-200 training series
+per generated task: a row whose token part is wide (the student's and silero_vad's 384 numbers, fracast's 192,
+spectral's 84) dilutes the shared explicit vectors more. This bench asks whether the student's deficit on the
+generated tasks is its tokens' content or their width. The components are fitted per row on that row's own pooled
+features of pretraining segments (never on probe data): the student's and the random student's embeddings of up to
+`--per-dataset` segments of every pretraining set, each teacher's cached tokens of the same sets. Fixed-montage
+tasks keep the students' channels apart (`keep_channels`), so the students' rows stay unreduced there (k = all).
+
+Prints generated and real means per row and k, the distilled student's paired differences (10 splits, same
+intervals as the probe table) against every other row at the same k, and as its last line the k at which the
+student's generated and real means are both above every teacher's (or none).
+
+    .venv/bin/python bench/embedding_width.py [--ks 8 16 32 64] [--per-dataset 40] [--quick]
+"""
+
+import argparse
+
+import numpy as np
+import torch
+
+from data_catalog.catalog import load_catalog, open_reader
+from pipeline.evaluate import interval, load_task, model_embeddings, probe_score, probe_splits
+from pipeline.feature_store import FeatureStore, store_location
+from pipeline.student import STEPEncoder
+from pipeline.student.pooling import pool_embedding
+from schemas.params import load_params
+
+TOKEN_POOLING = "mean+std+max"
+
+
+def corpus_token_parts(params, catalog, distilled, random_student, stores, per_dataset: int) -> dict[str, np.ndarray]:
+    """{row: (segments, token-part width)} pooled token parts of pretraining segments, the fit set of each PCA."""
+    rng = np.random.default_rng(0)
+    parts: dict[str, list[np.ndarray]] = {"step-distilled": [], "step-random": []}
+    parts |= {f"teacher:{t}": [] for t in stores}
+    for entry in catalog.datasets:
+        if entry.role != "pretrain":
+            continue
+        reader = open_reader(entry, catalog, params.prepare.series_store)
+        items = list(reader)
+        pick = rng.choice(len(items), min(per_dataset, len(items)), replace=False)
+        series = [items[i].values[:, : params.segments.max_samples] for i in pick]  # one segment's length at most
+        for row, encoder in (("step-distilled", distilled), ("step-random", random_student)):
+            parts[row].append(encoder.embed(series, items[0].sampling_rate, batch_size=16, pooling=TOKEN_POOLING))
+        for teacher, store in stores.items():
+            features, n_tokens, _ = store.read_chunk(entry.name, 0)
+            parts[f"teacher:{teacher}"].append(np.stack([
+                pool_embedding(torch.from_numpy(np.asarray(f[:n], np.float32))[None, None],
+                               torch.ones(1, int(n), dtype=torch.bool), TOKEN_POOLING)[0].numpy()
+                for f, n in zip(features[:per_dataset], n_tokens[:per_dataset])]))
+    return {row: np.concatenate(v) for row, v in parts.items()}
+
+
+def reduced(embedding: np.ndarray, width: int, corpus: np.ndarray, k: int | None) -> np.ndarray:
+    """The first `width` columns (the token part) replaced by their top-k corpus principal components."""
+    if k is None or k >= width:
+        return embedding
+    mean, scale = corpus.mean(0), corpus.std(0) + 1e-8
+    _, _, components = np.linalg.svd((corpus - mean) / scale, full_matrices=False)  # rows: directions
+    return np.concatenate([((embedding[:, :width] - mean) / scale) @ components[:k].T, embedding[:, width:]], axis=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--per-dataset", type=int, default=40, help="pretraining segments per data set for the PCA")
+    parser.add_argument("--quick", action="store_true", help="k = 16, three tasks, 10 segments per set")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    catalog = load_catalog(params.prepare.catalog)
+    names = params.evaluate.datasets or [e.name for e in catalog.datasets if e.role == "probe"]
+    if args.quick:
+        args.ks, args.per_dataset = [16], 10
+        names = ["gwosc_like", "marmaudio_like", "ucr_arrowhead"]
+    distilled = STEPEncoder.from_pretrained(params.distill.output_dir).eval()
+    torch.manual_seed(params.evaluate.seed)  # the evaluate stage's random student
+    random_student = STEPEncoder(distilled.config).eval()
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
+    widths = {"step-distilled": 3 * distilled.config.hidden_size, "step-random": 3 * distilled.config.hidden_size}
+    widths |= {f"teacher:{t}": 3 * s.manifest.feature_dim for t, s in stores.items()}
+    corpus = corpus_token_parts(params, catalog, distilled, random_student, stores, args.per_dataset)
+
+    ks: list[int | None] = [None, *args.ks]
+    scores: dict[tuple[str, int | None], dict[str, list[float]]] = {}  # (row, k) -> task -> split scores
+    real = {}
+    for name in names:
+        task = load_task(catalog.get(name), catalog, params.prepare.series_store)
+        real[name] = task.real
+        splits = probe_splits(task, params.evaluate.splits, params.evaluate.seed)
+        embeddings = model_embeddings(params, task, distilled, random_student, stores)
+        for row, width in widths.items():
+            for k in ks:
+                kept = k if not (task.entry.fixed_montage and row.startswith("step-")) else None
+                vectors = reduced(embeddings[row], width, corpus[row], kept)
+                scores[row, k] = scores.get((row, k), {}) | {name: [
+                    probe_score(vectors, task.labels, train, task.entry.probe.metric, params.evaluate.probe_alphas)[0]
+                    for train in splits]}
+        print(f"{name}: " + ", ".join(f"{row} {np.mean(scores[row, None][name]):.3f}" for row in widths), flush=True)
+
+    groups = {"mean": [n for n in names if not real[n]], "real_mean": [n for n in names if real[n]]}
+    ratio = {"mean": 1.0, "real_mean": 2.36}  # the probe table's n_test / n_train for the intervals
+    split_means = {(row, k, g): np.mean([scores[row, k][n] for n in tasks], axis=0)
+                   for (row, k) in scores for g, tasks in groups.items() if tasks}
+    print(f"\n| row | k | {' | '.join(g for g in groups if groups[g])} |")
+    for (row, k), _ in scores.items():
+        cells = [f"{split_means[row, k, g].mean():.3f}" for g in groups if groups[g]]
+        print(f"| {row} | {k or 'all'} | {' | '.join(cells)} |")
+    print("\nstep-distilled minus each row at the same k, paired over the splits (mean [95% interval]):")
+    beats = []
+    for k in ks:
+        ahead = True
+        for row in widths:
+            if row == "step-distilled":
+                continue
+            cells = []
+            for g in (g for g in groups if groups[g]):
+                diff = split_means["step-distilled", k, g] - split_means[row, k, g]
+                low, high = interval(list(diff), ratio[g])
+                cells.append(f"{g} {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
+                ahead &= not row.startswith("teacher:") or diff.mean() > 0
+            print(f"k={k or 'all'} vs {row}: " + ", ".join(cells))
+        if ahead:
+            beats.append(str(k or "all"))
+    print(f"embedding_width: the student's means above every teacher's at k = {', '.join(beats) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
