@@ -29,18 +29,19 @@ from pipeline.student.pooling import pool_embedding
 from schemas.params import load_params
 
 
-def load_heads(checkpoint: str, hidden_size: int) -> TeacherHeads:
+def load_heads(checkpoint: str, hidden_size: int, embedding_size: int = 0) -> TeacherHeads:
     weights = load_file(f"{checkpoint}/weights.safetensors")
     heads = {k[len("heads."):]: v for k, v in weights.items() if k.startswith("heads.")}
     kind = "mlp" if any(k.endswith(".3.weight") for k in heads) else "linear"  # LN, Linear[, GELU, Linear]
     last = ".3.weight" if kind == "mlp" else ".1.weight"  # the output layer
     dims = {k.split(".")[1]: v.shape[0] for k, v in heads.items() if k.startswith("heads.") and k.endswith(last)}
     summary = {k: v for k, v in heads.items() if k.startswith("summary_heads.") and k.endswith(".1.weight")}
-    moments = next(iter(summary.values())).shape[1] // hidden_size if summary else 2
+    summary_width = embedding_size or hidden_size  # summary heads read the pooled embedding tokens
+    moments = next(iter(summary.values())).shape[1] // summary_width if summary else 2
     structure = heads.get("structure_head" + last)
     module = TeacherHeads(hidden_size, dims, kind,
                           summary=bool(summary), structure_dim=0 if structure is None else structure.shape[0],
-                          summary_moments=moments)
+                          summary_moments=moments, summary_width=summary_width)
     module.load_state_dict(heads)
     return module.eval()
 
@@ -53,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     model = STEPEncoder.from_pretrained(args.model or params.distill.output_dir).eval()
-    heads = load_heads(args.checkpoint or f"{params.distill.checkpoint_dir}/latest", model.config.hidden_size)
+    heads = load_heads(args.checkpoint or f"{params.distill.checkpoint_dir}/latest", model.config.hidden_size,
+                       model.config.embedding_size)
     catalog = load_catalog(params.prepare.catalog)
     stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
     names = params.evaluate.datasets or [e.name for e in catalog.datasets if e.role == "probe"]
