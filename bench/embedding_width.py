@@ -6,7 +6,8 @@ per generated task: a row whose token part is wide (the student's and silero_vad
 spectral's 84) dilutes the shared explicit vectors more. This bench asks whether the student's deficit on the
 generated tasks is its tokens' content or their width. The components are fitted per row on that row's own pooled
 features of pretraining segments (never on probe data): the student's and the random student's embeddings of up to
-`--per-dataset` segments of every pretraining set, each teacher's cached tokens of the same sets. Fixed-montage
+`--per-dataset` randomly drawn series of every pretraining set (cut to one segment's length), each teacher's cached
+tokens of the first `--per-dataset` segments of the same sets (their first store chunk). Fixed-montage
 tasks keep the students' channels apart (`keep_channels`), so the students' rows stay unreduced there (k = all).
 
 Prints generated and real means per row and k, the distilled student's paired differences (10 splits, same
@@ -54,12 +55,19 @@ def corpus_token_parts(params, catalog, distilled, random_student, stores, per_d
     return {row: np.concatenate(v) for row, v in parts.items()}
 
 
-def reduced(embedding: np.ndarray, width: int, corpus: np.ndarray, k: int | None) -> np.ndarray:
+def principal_axes(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale, components) of a row's standardised corpus token parts; components' rows are directions."""
+    mean, scale = corpus.mean(0), corpus.std(0) + 1e-8
+    _, _, components = np.linalg.svd((corpus - mean) / scale, full_matrices=False)
+    return mean, scale, components
+
+
+def reduced(embedding: np.ndarray, width: int, axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+            k: int | None) -> np.ndarray:
     """The first `width` columns (the token part) replaced by their top-k corpus principal components."""
     if k is None or k >= width:
         return embedding
-    mean, scale = corpus.mean(0), corpus.std(0) + 1e-8
-    _, _, components = np.linalg.svd((corpus - mean) / scale, full_matrices=False)  # rows: directions
+    mean, scale, components = axes
     return np.concatenate([((embedding[:, :width] - mean) / scale) @ components[:k].T, embedding[:, width:]], axis=1)
 
 
@@ -83,6 +91,7 @@ def main() -> None:
     widths = {"step-distilled": 3 * distilled.config.hidden_size, "step-random": 3 * distilled.config.hidden_size}
     widths |= {f"teacher:{t}": 3 * s.manifest.feature_dim for t, s in stores.items()}
     corpus = corpus_token_parts(params, catalog, distilled, random_student, stores, args.per_dataset)
+    axes = {row: principal_axes(parts) for row, parts in corpus.items()}  # fitted once per row
 
     ks: list[int | None] = [None, *args.ks]
     scores: dict[tuple[str, int | None], dict[str, list[float]]] = {}  # (row, k) -> task -> split scores
@@ -95,7 +104,7 @@ def main() -> None:
         for row, width in widths.items():
             for k in ks:
                 kept = k if not (task.entry.fixed_montage and row.startswith("step-")) else None
-                vectors = reduced(embeddings[row], width, corpus[row], kept)
+                vectors = reduced(embeddings[row], width, axes[row], kept)
                 scores[row, k] = scores.get((row, k), {}) | {name: [
                     probe_score(vectors, task.labels, train, task.entry.probe.metric, params.evaluate.probe_alphas)[0]
                     for train in splits]}
