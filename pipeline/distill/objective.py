@@ -126,7 +126,8 @@ class DistillationObjective(nn.Module):
         self.relation_weight, self.relation_temperature = relation_weight, relation_temperature
 
     def forward(self, student: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its parts: one per teacher (unweighted), `patching`, and `summary` when it is on."""
+        """Total loss and its parts: one per teacher (unweighted), `patching`, and `summary`, `relation` and
+        `structure` when they are on."""
         # Student tokens on each teacher's grid, pooled over channels: {teacher: (batch, N_k, hidden)}
         on_grid, patching, outputs = {}, [], []
         if self.alignment == "force_stride":
@@ -164,13 +165,9 @@ class DistillationObjective(nn.Module):
         parts["patching"] = torch.stack(patching).mean()
         total = sum(self.weights[t] * parts[t] for t in on_grid) + self.patching_weight * parts["patching"]
         if self.summary_weight > 0 or self.relation_weight > 0:
-            summary, relation = self.summary_loss(outputs[0], batch, getattr(student, "embedding_tokens", None))
-            if self.summary_weight > 0:
-                parts["summary"] = summary
-                total = total + self.summary_weight * summary
-            if self.relation_weight > 0:
-                parts["relation"] = relation
-                total = total + self.relation_weight * relation
+            for name, loss in self.summary_loss(outputs[0], batch, getattr(student, "embedding_tokens", None)).items():
+                parts[name] = loss
+                total = total + {"summary": self.summary_weight, "relation": self.relation_weight}[name] * loss
         if self.structure_weight > 0:
             parts["structure"] = self.structure_loss(outputs[0])
             total = total + self.structure_weight * parts["structure"]
@@ -185,27 +182,31 @@ class DistillationObjective(nn.Module):
         mask = out.token_mask[:, None, :].expand(-1, target.shape[1], -1).flatten(0, 1)  # (B C, N)
         return token_loss(prediction.flatten(0, 1), target.flatten(0, 1), mask, 0.0, 1.0, self.beta)
 
-    def summary_loss(self, out, batch, embedding_tokens=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-weighted means over teachers of the summary loss (summary-head outputs against pooled targets)
-        and of the relation loss (their similarities within the batch against the targets' own).
+    def summary_loss(self, out, batch, embedding_tokens=None) -> dict[str, torch.Tensor]:
+        """The summary-level losses that are on, each a teacher-weighted mean over teachers: `summary` (summary-head
+        outputs against pooled targets) and `relation` (their similarities within the batch against the targets').
 
         embedding_tokens: the student's map from final tokens to what its embedding pools (its embedding
         projection), so that the summary loss trains the very vector users read; None = the tokens themselves."""
         tokens = out.last_hidden_state if embedding_tokens is None else embedding_tokens(out.last_hidden_state)
         pooled = pool_embedding(tokens, out.token_mask, self.summary_pooling)  # (batch, moments E)
-        summaries, relations, weights = [], [], []
+        losses: dict[str, list[torch.Tensor]] = {name: [] for name, weight in
+                                                 (("summary", self.summary_weight), ("relation", self.relation_weight))
+                                                 if weight > 0}
+        weights = []
         for teacher, target in batch.targets.items():
             mask = token_mask(batch.n_tokens[teacher], target.shape[1])  # (batch, N_k)
             pooled_target = pool_embedding(target[:, None].float(), mask, self.summary_pooling)  # (batch, moments F)
             prediction = self.heads.summary(teacher, pooled)
-            ones = torch.ones(prediction.shape[0], 1, dtype=torch.bool, device=prediction.device)
-            summaries.append(token_loss(prediction[:, None], pooled_target[:, None], ones, self.cosine_weight,
-                                        self.smooth_l1_weight, self.beta))
-            relations.append(relation_loss(prediction, pooled_target, self.relation_temperature))
+            if "summary" in losses:
+                ones = torch.ones(prediction.shape[0], 1, dtype=torch.bool, device=prediction.device)
+                losses["summary"].append(token_loss(prediction[:, None], pooled_target[:, None], ones,
+                                                    self.cosine_weight, self.smooth_l1_weight, self.beta))
+            if "relation" in losses:
+                losses["relation"].append(relation_loss(prediction, pooled_target, self.relation_temperature))
             weights.append(self.weights[teacher])
-        mean = lambda losses: sum(w * loss for w, loss in zip(weights, losses)) / max(sum(weights), 1e-12)  # noqa: E731
-        return mean(summaries), mean(relations)
-
+        return {name: sum(w * loss for w, loss in zip(weights, per_teacher)) / max(sum(weights), 1e-12)
+                for name, per_teacher in losses.items()}
 
 def relation_loss(prediction: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy between the teacher's and the student's similarity distributions within a batch.

@@ -33,6 +33,11 @@ from schemas.manifest import FeatureStoreManifest, GroupInfo, StoreCompression
 logger = logging.getLogger(__name__)
 
 
+def not_done(chunk_done: np.ndarray) -> list[int]:
+    """The chunks a group's (chunk,) done flags leave pending, in order."""
+    return np.flatnonzero(~chunk_done).tolist()
+
+
 class FeatureStore:
     """One teacher's feature store. Write with `create_or_open` (locks), read with `open` (no lock).
 
@@ -370,7 +375,7 @@ class FeatureStore:
         for name in names:
             self._group_arrays(name)  # a clear error for an unknown group
         records = self._read_records(names, ("chunk_done",))
-        return {name: np.flatnonzero(~records[name]["chunk_done"]).tolist() for name in names}
+        return {name: not_done(records[name]["chunk_done"]) for name in names}
 
     def _group_arrays(self, name: str) -> dict[str, zarr.Array]:
         if name not in self._arrays:
@@ -431,7 +436,7 @@ class FeatureStore:
         names = sorted(self.manifest.groups)  # a fixed merge order: resumed and uninterrupted runs agree exactly
         records = self._read_records(names, ("chunk_done", "stat_count", "stat_mean", "stat_m2"))
         for name in self.manifest.groups:
-            pending = np.flatnonzero(~records[name]["chunk_done"]).tolist()
+            pending = not_done(records[name]["chunk_done"])
             if pending:
                 raise RuntimeError(
                     f"cannot finalize feature store {self.path}: group {name!r} has {len(pending)} of "
