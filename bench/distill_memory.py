@@ -1,14 +1,15 @@
 """Resident memory of a long distillation: the shipped settings against the previous ones, side by side.
 
 Modes, each the default distillation (params.yaml, the extracted stores) for --steps steps in a fresh process:
-- shipped: params.yaml as is (glibc's malloc arenas bounded at 2; `distill.max_channels` channels per training
-  segment at most);
-- before: every channel of every segment (`max_channels: null`) and glibc's default arenas (up to 8 per core).
+- shipped: params.yaml as is (glibc's malloc arenas bounded at 2, the heap trimmed between shuffle buffers;
+  `distill.max_channels` channels per training segment at most);
+- before: every channel of every segment (`max_channels: null`), glibc's default arenas (up to 8 per core) and
+  no trimming.
 The distill loop records resident memory at each validation (every steps/10 steps; reports/distill/memory.csv);
 the peak is the process's own maximum resident set (getrusage), between validations too. Prints RSS at those
-steps for both modes and, as its last line, each mode's peak and its growth from step steps/10 to the end, e.g.
-`distill_memory: shipped: peak 1.8 GB, growth +0.1 GB; before: peak 3.8 GB, growth +0.2 GB over 3000 steps (goal:
-peak <= 3 GB, flat)`.
+steps for both modes and, as its last line, each mode's peak, its growth from step steps/10 to the end and the
+range it stays in from step steps/10 on, e.g. `distill_memory: shipped: peak 1.8 GB, growth +0.1 GB, 1.2-1.4 GB
+from step 300; before: ... over 3000 steps (goal: peak <= 3 GB, flat)`.
 
     .venv/bin/python bench/distill_memory.py [--steps 3000] [--quick] [--modes shipped before]
 """
@@ -24,9 +25,11 @@ import yaml
 
 RUN = """
 import resource, sys
+import pipeline.distill.loader as loader
 import pipeline.distill.train as train
 if sys.argv[2] == "before":
     train.bound_allocator_arenas = lambda arenas=2: None  # glibc's default: up to 8 arenas per core
+    loader.release_free_memory = lambda: None  # and the heap never trimmed
 from schemas.params import load_params
 train.distill(load_params(sys.argv[1]))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -65,7 +68,8 @@ def main() -> None:
     for rows in zip(*(curve for curve, _ in runs.values())):
         print(f"{rows[0][0]:4d}  " + "  ".join(f"{rss:7.2f} GB" for _, rss in rows))
     # growth: from step steps/10 (after the first batches of every shape) to the end
-    summary = "; ".join(f"{mode}: peak {peak:.2f} GB, growth {curve[-1][1] - curve[1][1]:+.2f} GB"
+    summary = "; ".join(f"{mode}: peak {peak:.2f} GB, growth {curve[-1][1] - curve[1][1]:+.2f} GB, "
+                        f"{min(r for _, r in curve[1:]):.2f}-{max(r for _, r in curve[1:]):.2f} GB from step {curve[1][0]}"
                         for mode, (curve, peak) in runs.items())
     print(f"distill_memory: {summary} over {steps} steps (goal: peak <= 3 GB, flat)")
 

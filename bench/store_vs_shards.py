@@ -324,7 +324,7 @@ def measure(side: str, params_path: str, shards: str, epochs: int, shuffle_buffe
             profile: str | None) -> dict:
     """One side in this process: segments/s over `epochs` epochs, the process's peak RSS (ru_maxrss) and peak
     anonymous RSS (sampled). Both sides run with malloc arenas bounded as `distill` bounds them."""
-    from pipeline.distill.train import bound_allocator_arenas
+    from pipeline.distill.memory import bound_allocator_arenas
 
     bound_allocator_arenas()
     data = training_data(params_path)

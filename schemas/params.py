@@ -198,7 +198,7 @@ class DistillParams(Section):
     val_every: int = Field(100, ge=1, description="Steps between validation losses.")
     checkpoint_every: int = Field(200, ge=1, description="Steps between checkpoints.")
     shuffle_blocks: int = Field(4, ge=1, description="Store chunks mixed in the shuffle buffer.")
-    prefetch_blocks: int = Field(2, ge=0, description="Chunks read ahead by the background loader.")
+    prefetch_blocks: int = Field(2, ge=0, description="Store chunks the background loader reads ahead of the shuffle buffer in use.")
     crop: CropParams = Field(default_factory=CropParams, description="Crop-consistent augmentation.")
     output_dir: str = Field("models/step-student", description="Where the trained encoder is saved (HF format).")
     checkpoint_dir: str = Field("models/checkpoints", description="Checkpoints for --resume.")

@@ -104,6 +104,64 @@ def test_epochs_of_different_lengths_are_located_exactly(extracted_project):
     assert [data.locate(step) for step in range(len(expected))] == expected
 
 
+def test_read_ahead_holds_at_most_a_buffer_and_the_prefetched_blocks(extracted_project, monkeypatch):
+    """The background loader reads `prefetch_blocks` store chunks ahead of the buffer in use, not whole buffers,
+    hands the heap's free pages back between buffers, and yields exactly the batches the synchronous loader yields
+    (targets standardised per batch from float16)."""
+    import gc
+    import time
+    import weakref
+
+    from pipeline.distill import loader as loader_module
+
+    trims = []
+    monkeypatch.setattr(loader_module, "release_free_memory", lambda: trims.append(1))
+    root, params_path = extracted_project
+    params = load_params(params_path)
+    from data_catalog.catalog import load_catalog
+    from pipeline.distill.loader import DistillationData, open_training_data
+    from pipeline.feature_store import FeatureStore
+
+    catalog = load_catalog(params.prepare.catalog)
+    entries = [e for e in catalog.datasets if e.role == "pretrain"]
+    stores = {t: FeatureStore.open(root / f"data/features/{t}.zarr") for t in params.extract.teachers}
+    datasets = open_training_data(entries, catalog, params.prepare.series_store, stores, 8192)
+
+    def loader(prefetch):
+        return DistillationData(datasets, stores, batch_size=3, shuffle_blocks=2, prefetch_blocks=prefetch,
+                                val_fraction=0.2, seed=0)
+
+    class Block(dict):  # a dict that a WeakSet can hold
+        __hash__ = object.__hash__
+
+    alive, peak = weakref.WeakSet(), 0
+    ahead = loader(1)
+    read_block = ahead.read_block
+
+    def tracked(dataset, block):
+        out = Block(read_block(dataset, block))
+        alive.add(out)
+        return out
+
+    ahead.read_block = tracked
+    plan = ahead.epoch_plan(0) + ahead.epoch_plan(1)
+    assert len(plan) > 2 and all(len(buffer) == 2 for buffer, _ in plan[:-1]), "the test needs several full buffers"
+    prefetched = []
+    for batch in ahead.batches(plan):
+        time.sleep(0.01)  # a training step: the reader runs ahead as far as it may
+        gc.collect()
+        peak = max(peak, len(alive))
+        prefetched.append(batch)
+    assert peak <= 2 + 1 + 1, f"{peak} blocks held at once: more than a buffer (2) + prefetch (1) + one being read"
+    assert len(trims) == len(plan), "the heap is trimmed once per shuffle buffer"
+
+    synchronous = list(loader(0).batches(plan))
+    assert [b.segment_ids for b in prefetched] == [b.segment_ids for b in synchronous]
+    for a, b in zip(prefetched, synchronous, strict=True):
+        assert torch.equal(a.values, b.values)
+        assert all(torch.equal(a.targets[t], b.targets[t]) and a.targets[t].dtype == torch.float32 for t in a.targets)
+
+
 @pytest.mark.parametrize("alignment", ["interpolate", "force_stride"])
 def test_alignments_and_crops_train(extracted_project, tmp_path, alignment):
     root, params_path = extracted_project

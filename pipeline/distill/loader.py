@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from data_catalog.readers import SeriesReader
 from data_catalog.segments import Segment, segment_series
+from pipeline.distill.memory import release_free_memory
 from pipeline.extract import SegmentValues, known_lengths
 from pipeline.feature_store import FeatureStore, merge_moments, store_location
 from schemas.manifest import config_hash
@@ -185,7 +186,7 @@ class DistillationData:
             mean, std = target_statistics(store, list(self.datasets))
             self.mean[teacher] = torch.tensor(mean, dtype=torch.float32)
             self.std[teacher] = torch.tensor(std, dtype=torch.float32).clamp_min(1e-6)
-        # the same statistics as numpy arrays, for standardising blocks in place (`read_block`)
+        # the same statistics as numpy arrays, for standardising in place (`standardised`)
         self._mean_np = {t: m.numpy() for t, m in self.mean.items()}
         self._std_np = {t: s.numpy() for t, s in self.std.items()}
         # per source: each data set's own mean and spread of the standardised targets, {data set: {teacher: (F,)}}
@@ -267,30 +268,40 @@ class DistillationData:
         return plan
 
     def read_block(self, dataset: str, block: int) -> dict:
-        """Raw values of the block's segments and every teacher's (standardised) tokens: one chunk per store.
+        """Raw values of the block's segments and every teacher's tokens: one chunk per store.
 
-        Standardised in place with numpy (the chunk read is a fresh float32 array): no temporary copies, and
-        ~10x faster than torch's broadcast arithmetic on these shapes.
+        Each segment keeps its valid tokens only, in the store's dtype (float16 by default): the loader holds a
+        buffer of blocks plus its read-ahead, and padded float32 rows took ~3x the memory. `_collate` standardises
+        them.
         """
         data = self.datasets[dataset]
         rows = self.block_rows(dataset, block)
         values_of = SegmentValues(data.reader)
         values_of.preload([data.segments[r] for r in rows])
         values = [values_of(data.segments[r]) for r in rows]
-        targets, n_tokens = {}, {}
+        targets = {}
         for teacher, store in self.stores.items():
-            features, counts, _ = store.read_chunk(dataset, block)
-            features = np.nan_to_num(np.asarray(features, dtype=np.float32), copy=False)  # read_chunk's own copy
-            np.subtract(features, self._mean_np[teacher], out=features)
-            np.divide(features, self._std_np[teacher], out=features)
-            targets[teacher] = torch.from_numpy(features)
-            n_tokens[teacher] = torch.from_numpy(counts.astype(np.int64))
-        return {"first_row": rows.start, "values": values, "targets": targets, "n_tokens": n_tokens}
+            features, counts, _ = store.read_chunk(dataset, block, as_stored=True)
+            targets[teacher] = [features[k, : int(counts[k])].copy() for k in range(len(rows))]  # (n_k, F) each
+        return {"first_row": rows.start, "values": values, "targets": targets}
+
+    def standardised(self, teacher: str, tokens: np.ndarray) -> torch.Tensor:
+        """(n, F) stored tokens -> float32 standardised by the training statistics, in place with numpy (~10x
+        faster than torch's broadcast arithmetic on these shapes); a NaN (never written) becomes 0."""
+        out = np.nan_to_num(tokens.astype(np.float32), copy=False)
+        np.subtract(out, self._mean_np[teacher], out=out)
+        np.divide(out, self._std_np[teacher], out=out)
+        return torch.from_numpy(out)
 
     def _prefetched(self, plan) -> Iterator[tuple[dict, list]]:
-        """Read the plan's blocks in a background thread, `prefetch_blocks` buffers ahead."""
+        """Each buffer's blocks with its batches; a background thread reads up to `prefetch_blocks` blocks ahead
+        of the buffer in use (so at most shuffle_blocks + prefetch_blocks + 1 blocks are held at once).
+
+        Between buffers the heap's free pages go back to the system: batches of new lengths and channel counts
+        leave holes glibc never returns, and resident memory climbed with the largest batches seen."""
         if self.prefetch == 0:
             for buffer, batches in plan:
+                release_free_memory()
                 yield {b: self.read_block(*b) for b in buffer}, batches
             return
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
@@ -298,21 +309,26 @@ class DistillationData:
 
         def read_all():
             try:
-                for buffer, batches in plan:
-                    if stop.is_set():
-                        return
-                    ready.put(({b: self.read_block(*b) for b in buffer}, batches))
-                ready.put(None)
+                for buffer, _ in plan:
+                    for block in buffer:
+                        if stop.is_set():
+                            return
+                        ready.put((block, self.read_block(*block)))
             except BaseException as exc:  # re-raised in the consumer
                 ready.put(exc)
 
         thread = threading.Thread(target=read_all, name="distill-prefetch", daemon=True)
         thread.start()
         try:
-            while (item := ready.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            for buffer, batches in plan:
+                blocks = {}  # the previous buffer's blocks are dropped here, before the next ones arrive,
+                release_free_memory()  # and what they and the training steps on them freed goes back to the system
+                for _ in buffer:
+                    item = ready.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    blocks[item[0]] = item[1]
+                yield blocks, batches
         finally:
             stop_reader(thread, stop, ready)
 
@@ -333,6 +349,7 @@ class DistillationData:
                 index += 1
                 yield self._collate(dataset, rows, blocks, augment_seed, index)
             first = 0
+            del blocks  # not held while the next buffer is read (`_prefetched` releases it)
 
     def _collate(self, dataset: str, rows: np.ndarray, blocks: dict, augment_seed: int | None, index: int) -> Batch:
         data = self.datasets[dataset]
@@ -342,7 +359,7 @@ class DistillationData:
             block = blocks[(dataset, int(row) // block_size)]
             k = int(row) - block["first_row"]
             values = block["values"][k]
-            targets = {t: block["targets"][t][k, : int(block["n_tokens"][t][k])] for t in self.teachers}
+            targets = {t: self.standardised(t, block["targets"][t][k]) for t in self.teachers}
             items.append((data.segments[row].id, values, targets, dict.fromkeys(self.teachers, 0.0)))
         if augment_seed is not None and self.crop_min_fraction is not None:
             rng = np.random.default_rng([augment_seed, index])

@@ -8,7 +8,6 @@ averages the gradients (gloo on CPU, nccl on GPU), so the ranks stay identical; 
 checkpoints, reports and the model, which load in a single process as usual.
 """
 
-import ctypes
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pipeline.distill.loader import DistillationData, distillation_data
+from pipeline.distill.memory import bound_allocator_arenas, peak_resident_gb, resident_gb
 from pipeline.distill.objective import DistillationObjective, TeacherHeads
 from pipeline.distill.reports import write_model_card, write_reports
 from pipeline.feature_store import FeatureStore
@@ -157,39 +157,6 @@ def validation_loss(objective, model, data: DistillationData, device, autocast) 
     by_source = {source: {name: sums_all[source][name] / counts_all[source] for name in names}
                  for source in sources if counts_all[source] > 0}
     return overall, by_source
-
-
-def resident_gb() -> float:
-    """This process's resident memory now (Linux /proc; 0 elsewhere), for the memory curve of a long run."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
-    except (OSError, ValueError):
-        return 0.0
-
-
-def peak_resident_gb() -> float:
-    """The most resident memory this process has held so far (getrusage: between validations too; 0 off Unix)."""
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
-    except (ImportError, OSError):
-        return 0.0
-
-
-def bound_allocator_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does) before the loader and Zarr's decoding threads start.
-
-    glibc gives threads that allocate their own heap; chunks decoded in Zarr's thread pool are freed from
-    another thread, and each arena keeps what is freed into it, so resident memory grows with the thread count
-    and batch-size variety rather than with what is alive (bench/store_vs_shards.py measured 0.47 GB against
-    0.33 GB with one arena). A no-op off glibc.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def record_validation(history: dict, step: int, objective, model, data, device, autocast) -> dict:

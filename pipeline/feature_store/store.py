@@ -512,13 +512,16 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- reading
 
-    def read_chunk(self, name: str, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One chunk as (features (k, max_tokens, F) float32 NaN-padded, n_tokens (k,), segment_ids (k,))."""
+    def read_chunk(self, name: str, chunk: int, as_stored: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One chunk as (features (k, max_tokens, F) float32 NaN-padded, n_tokens (k,), segment_ids (k,));
+        as_stored: features in the store's own dtype (float16 by default), half the memory of float32."""
         arrays = self._group_arrays(name)
         segments = self.chunk_slice(name, chunk)
         if not arrays["chunk_done"][chunk]:
             raise RuntimeError(f"chunk {chunk} of group {name!r} in feature store {self.path} is not written yet")
-        features = arrays["features"][segments].astype(np.float32)
+        features = arrays["features"][segments]
+        if not as_stored:
+            features = features.astype(np.float32)
         return features, self._n_tokens[name][segments].copy(), self._segment_ids[name][segments].copy()
 
     def chunk_statistics(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
