@@ -22,7 +22,8 @@ ABLATIONS: dict[str, list[str]] = {
     "pooling-mean+std": ["evaluate.pooling=mean+std"],
     "pooling-mean+max": ["evaluate.pooling=mean+max"],
     "pooling-mean+std+max+stats": ["evaluate.pooling=mean+std+max+stats"],
-    "no-summary": ["distill.summary_weight=0.0"],  # the summary loss is on by default
+    # the summary loss is on by default; it trains cpu-small's embedding projection, so that goes too
+    "no-summary": ["distill.summary_weight=0.0", "+student.overrides.embedding_size=0"],
     "cosine0.9-l1-0.1": ["distill.cosine_weight=0.9", "distill.smooth_l1_weight=0.1"],
     "mlp-heads": ["distill.head=mlp"],
     "crop-on": ["distill.crop.enabled=true"],
@@ -49,8 +50,8 @@ ABLATIONS: dict[str, list[str]] = {
     "width-128": ["+student.overrides.hidden_size=128", "+student.overrides.intermediate_size=512"],
     "width-192": ["+student.overrides.hidden_size=192", "+student.overrides.intermediate_size=768"],
     "depth-6": ["+student.overrides.num_hidden_layers=6"],
-    # a narrower learned part of the embedding: mean/std/max pool a trained Linear(hidden, 32) of the tokens
-    "embedding-size-32": ["+student.overrides.embedding_size=32"],
+    # the final tokens themselves pooled, hidden-wide (cpu-small pools a trained Linear(hidden, 32) of them)
+    "full-width-embedding": ["+student.overrides.embedding_size=0"],
     "spectral-weight-3": ["+distill.teacher_weights.spectral=3.0"],
     # every channel of every training segment (the default shows at most 4, a random subset per segment)
     "all-channels": ["distill.max_channels=null"],

@@ -22,7 +22,8 @@ def test_table_has_a_row_per_variant_with_intervals_and_wall_time():
     lines = table(shown).splitlines()
     assert lines[0].startswith("| variant | overrides | generated mean F1")
     assert lines[2] == "| default | (params.yaml) | 0.410 ±0.020 | 0.570 ±0.100 | 0.620 | 290.0 |"  # declared order
-    assert lines[3].startswith("| no-summary | distill.summary_weight=0.0 | 0.450 ±0.020 |")
+    assert lines[3].startswith("| no-summary | distill.summary_weight=0.0 +student.overrides.embedding_size=0 | "
+                               "0.450 ±0.020 |")
     assert len(lines) == 4 and "not-a-variant" not in "".join(lines)
     assert list(ABLATIONS)[0] == "default" and ABLATIONS["default"] == []
 
