@@ -288,6 +288,19 @@ def test_read_chunk_for_the_loader_and_read_only_open(tmp_path):
         store.write_chunk("quakes", 0, features[0:4])
 
 
+def test_read_chunk_as_stored_keeps_the_stores_dtype_and_values(tmp_path):
+    """The distillation loader holds chunks as stored (float16 by default, half of float32) and casts per batch:
+    the same numbers as read_chunk's float32, bit for bit."""
+    path = tmp_path / "toy.zarr"
+    build_store(path, StoreCompression(dtype="float16", chunk_segments=4))
+    store = FeatureStore.open(path)
+    stored, counts, ids = store.read_chunk("quakes", 1, as_stored=True)
+    as_float32, counts32, ids32 = store.read_chunk("quakes", 1)
+    assert stored.dtype == np.float16 and as_float32.dtype == np.float32
+    np.testing.assert_array_equal(stored.astype(np.float32), as_float32)  # NaN padding included
+    assert counts.tolist() == counts32.tolist() and ids.tolist() == ids32.tolist()
+
+
 def test_lossy_filters_stay_within_their_bounds_and_shrink_the_store(tmp_path):
     data_sets = {"quakes": make_data_set(3, 64, 64, offset=0.0)}  # values cross zero: tiny ones too
     _, n_tokens, features = data_sets["quakes"]
