@@ -37,8 +37,8 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from data_catalog.catalog import load_catalog  # noqa: E402
-from pipeline.evaluate import (ProbeResults, interval, load_task, model_embeddings, probe_score,  # noqa: E402
-                               probe_splits, task_score)
+from pipeline.evaluate import (ProbeResults, load_task, model_embeddings, probe_score, probe_splits,  # noqa: E402
+                               task_score)
 from pipeline.feature_store import FeatureStore, store_location  # noqa: E402
 from pipeline.student import STEPEncoder  # noqa: E402
 from schemas.params import load_params  # noqa: E402
@@ -98,25 +98,18 @@ def main() -> None:
 
     report, gaps = {}, {}
     teachers = [m for m in results["ridge"].scores if m.startswith("teacher:")]
-    for probe, res in results.items():
-        per_split = res.per_split(res.scores)
-        groups = res.groups()
-        ratio = {key: float(np.mean([res.ratio[t] for t in tasks])) for key, tasks in groups.items()}
-        report[probe] = {"means": {m: {key: float(np.mean(per_split[m][key])) for key in groups} for m in per_split},
-                         "student_minus": {}}
+    for probe, res in results.items():  # means and paired differences exactly as the probe table computes them
+        groups, summary, comparisons = list(res.groups()), res.summary(), res.comparisons()
+        report[probe] = {"means": {m: {g: summary[m][g] for g in groups} for m in summary},
+                         "student_minus": {m: {g: dict(zip(("mean", "low", "high"), c[g])) for g in groups}
+                                           for m, c in comparisons.items()}}
         print(f"\n{probe} probe ({k} splits): generated / real mean")
-        for model in per_split:
-            print(f"  {model:22s} " + " / ".join(f"{np.mean(per_split[model][key]):.3f}" for key in groups))
-        for other in [m for m in per_split if m != "step-distilled"]:
-            row = {}
-            for key in groups:
-                diff = np.subtract(per_split["step-distilled"][key], per_split[other][key])
-                low, high = interval(diff.tolist(), ratio[key])
-                row[key] = {"mean": float(diff.mean()), "low": low, "high": high}
-            report[probe]["student_minus"][other] = row
+        for model in summary:
+            print(f"  {model:22s} " + " / ".join(f"{summary[model][g]:.3f}" for g in groups))
+        for other, row in report[probe]["student_minus"].items():
             print(f"  student - {other:22s} " + " / ".join(
-                f"{row[key]['mean']:+.3f} [{row[key]['low']:+.3f}, {row[key]['high']:+.3f}]" for key in groups))
-        best = max(teachers, key=lambda t: np.mean(per_split[t]["mean"]))
+                f"{row[g]['mean']:+.3f} [{row[g]['low']:+.3f}, {row[g]['high']:+.3f}]" for g in groups))
+        best = max(teachers, key=lambda t: summary[t]["mean"])
         gaps[probe] = (best, report[probe]["student_minus"][best]["mean"]["mean"])
 
     out = Path(args.out)
