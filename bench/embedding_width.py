@@ -2,8 +2,9 @@
 tokens) reduced to its top-k principal components, the statistics and structure vectors kept as they are.
 
 The probe standardises every dimension and fits one ridge penalty over all of them, with 75-200 training series
-per generated task: a row whose token part is wide (the student's and silero_vad's 384 numbers, fracast's 192,
-spectral's 84) dilutes the shared explicit vectors more. This bench asks whether the student's deficit on the
+per generated task: a row whose token part is wide (3 x the student's hidden size, or 3 x its embedding_size when
+it has an embedding projection; silero_vad's 384 numbers, fracast's 192, spectral's 84) dilutes the shared explicit
+vectors more. This bench asks whether the student's deficit on the
 generated tasks is its tokens' content or their width. The components are fitted per row on that row's own pooled
 features of pretraining segments (never on probe data): the student's and the random student's embeddings of up to
 `--per-dataset` randomly drawn series of every pretraining set (cut to one segment's length), each teacher's cached
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from data_catalog.catalog import load_catalog, open_reader
-from pipeline.evaluate import interval, load_task, model_embeddings, probe_score, probe_splits
+from pipeline.evaluate import ProbeResults, load_task, model_embeddings, probe_score, probe_splits
 from pipeline.feature_store import FeatureStore, store_location
 from pipeline.student import STEPEncoder
 from pipeline.student.pooling import pool_embedding
@@ -88,51 +89,43 @@ def main() -> None:
     torch.manual_seed(params.evaluate.seed)  # the evaluate stage's random student
     random_student = STEPEncoder(distilled.config).eval()
     stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
-    widths = {"step-distilled": 3 * distilled.config.hidden_size, "step-random": 3 * distilled.config.hidden_size}
+    student_width = 3 * (distilled.config.embedding_size or distilled.config.hidden_size)  # what mean/std/max pool
+    widths = {"step-distilled": student_width, "step-random": student_width}
     widths |= {f"teacher:{t}": 3 * s.manifest.feature_dim for t, s in stores.items()}
     corpus = corpus_token_parts(params, catalog, distilled, random_student, stores, args.per_dataset)
     axes = {row: principal_axes(parts) for row, parts in corpus.items()}  # fitted once per row
 
     ks: list[int | None] = [None, *args.ks]
-    scores: dict[tuple[str, int | None], dict[str, list[float]]] = {}  # (row, k) -> task -> split scores
-    real = {}
+    results = {k: ProbeResults() for k in ks}  # per k: every row's split scores, summarised as the probe table is
     for name in names:
         task = load_task(catalog.get(name), catalog, params.prepare.series_store)
-        real[name] = task.real
         splits = probe_splits(task, params.evaluate.splits, params.evaluate.seed)
         embeddings = model_embeddings(params, task, distilled, random_student, stores)
         for row, width in widths.items():
             for k in ks:
                 kept = k if not (task.entry.fixed_montage and row.startswith("step-")) else None
                 vectors = reduced(embeddings[row], width, axes[row], kept)
-                scores[row, k] = scores.get((row, k), {}) | {name: [
-                    probe_score(vectors, task.labels, train, task.entry.probe.metric, params.evaluate.probe_alphas)[0]
-                    for train in splits]}
-        print(f"{name}: " + ", ".join(f"{row} {np.mean(scores[row, None][name]):.3f}" for row in widths), flush=True)
+                for train in splits:
+                    score = probe_score(vectors, task.labels, train, task.entry.probe.metric,
+                                        params.evaluate.probe_alphas)[0]
+                    results[k].add(row, task, score, 0.0, (~train).sum() / train.sum())
+        print(f"{name}: " + ", ".join(f"{row} {np.mean(results[None].scores[row][name]):.3f}" for row in widths),
+              flush=True)
 
-    groups = {"mean": [n for n in names if not real[n]], "real_mean": [n for n in names if real[n]]}
-    ratio = {"mean": 1.0, "real_mean": 2.36}  # the probe table's n_test / n_train for the intervals
-    split_means = {(row, k, g): np.mean([scores[row, k][n] for n in tasks], axis=0)
-                   for (row, k) in scores for g, tasks in groups.items() if tasks}
-    print(f"\n| row | k | {' | '.join(g for g in groups if groups[g])} |")
-    for (row, k), _ in scores.items():
-        cells = [f"{split_means[row, k, g].mean():.3f}" for g in groups if groups[g]]
-        print(f"| {row} | {k or 'all'} | {' | '.join(cells)} |")
+    groups = list(results[None].groups())
+    summaries = {k: res.summary() for k, res in results.items()}
+    print(f"\n| row | k | {' | '.join(groups)} |")
+    for row in widths:
+        for k in ks:
+            print(f"| {row} | {k or 'all'} | {' | '.join(f'{summaries[k][row][g]:.3f}' for g in groups)} |")
     print("\nstep-distilled minus each row at the same k, paired over the splits (mean [95% interval]):")
     beats = []
-    for k in ks:
-        ahead = True
-        for row in widths:
-            if row == "step-distilled":
-                continue
-            cells = []
-            for g in (g for g in groups if groups[g]):
-                diff = split_means["step-distilled", k, g] - split_means[row, k, g]
-                low, high = interval(list(diff), ratio[g])
-                cells.append(f"{g} {diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
-                ahead &= not row.startswith("teacher:") or diff.mean() > 0
-            print(f"k={k or 'all'} vs {row}: " + ", ".join(cells))
-        if ahead:
+    for k, res in results.items():
+        comparisons = res.comparisons()
+        for row, by_group in comparisons.items():
+            print(f"k={k or 'all'} vs {row}: " + ", ".join(
+                f"{g} {by_group[g][0]:+.3f} [{by_group[g][1]:+.3f}, {by_group[g][2]:+.3f}]" for g in groups))
+        if all(comparisons[row][g][0] > 0 for row in comparisons if row.startswith("teacher:") for g in groups):
             beats.append(str(k or "all"))
     print(f"embedding_width: the student's means above every teacher's at k = {', '.join(beats) or 'none'}")
 
