@@ -164,10 +164,11 @@ class DistillationObjective(nn.Module):
                                         self.beta)
         parts["patching"] = torch.stack(patching).mean()
         total = sum(self.weights[t] * parts[t] for t in on_grid) + self.patching_weight * parts["patching"]
-        if self.summary_weight > 0 or self.relation_weight > 0:
+        summary_level = self.summary_level_weights()
+        if summary_level:
             for name, loss in self.summary_loss(outputs[0], batch, getattr(student, "embedding_tokens", None)).items():
                 parts[name] = loss
-                total = total + {"summary": self.summary_weight, "relation": self.relation_weight}[name] * loss
+                total = total + summary_level[name] * loss
         if self.structure_weight > 0:
             parts["structure"] = self.structure_loss(outputs[0])
             total = total + self.structure_weight * parts["structure"]
@@ -182,6 +183,11 @@ class DistillationObjective(nn.Module):
         mask = out.token_mask[:, None, :].expand(-1, target.shape[1], -1).flatten(0, 1)  # (B C, N)
         return token_loss(prediction.flatten(0, 1), target.flatten(0, 1), mask, 0.0, 1.0, self.beta)
 
+    def summary_level_weights(self) -> dict[str, float]:
+        """The summary-level losses that are on ({'summary': weight, 'relation': weight}, each only when > 0)."""
+        return {name: weight for name, weight in (("summary", self.summary_weight), ("relation", self.relation_weight))
+                if weight > 0}
+
     def summary_loss(self, out, batch, embedding_tokens=None) -> dict[str, torch.Tensor]:
         """The summary-level losses that are on, each a teacher-weighted mean over teachers: `summary` (summary-head
         outputs against pooled targets) and `relation` (their similarities within the batch against the targets').
@@ -190,9 +196,7 @@ class DistillationObjective(nn.Module):
         projection), so that the summary loss trains the very vector users read; None = the tokens themselves."""
         tokens = out.last_hidden_state if embedding_tokens is None else embedding_tokens(out.last_hidden_state)
         pooled = pool_embedding(tokens, out.token_mask, self.summary_pooling)  # (batch, moments E)
-        losses: dict[str, list[torch.Tensor]] = {name: [] for name, weight in
-                                                 (("summary", self.summary_weight), ("relation", self.relation_weight))
-                                                 if weight > 0}
+        losses: dict[str, list[torch.Tensor]] = {name: [] for name in self.summary_level_weights()}
         weights = []
         for teacher, target in batch.targets.items():
             mask = token_mask(batch.n_tokens[teacher], target.shape[1])  # (batch, N_k)
@@ -207,6 +211,7 @@ class DistillationObjective(nn.Module):
             weights.append(self.weights[teacher])
         return {name: sum(w * loss for w, loss in zip(weights, per_teacher)) / max(sum(weights), 1e-12)
                 for name, per_teacher in losses.items()}
+
 
 def relation_loss(prediction: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy between the teacher's and the student's similarity distributions within a batch.

@@ -135,8 +135,8 @@ def validation_loss(objective, model, data: DistillationData, device, autocast) 
     """Mean losses over the held-out segments, overall and per data set (so a source the student fails to fit
     stands out); each rank evaluates its share, the sums are combined."""
     model.eval()
-    names = ["total", *data.teachers, "patching"] + (["summary"] if objective.summary_weight > 0 else []) + (
-        ["relation"] if objective.relation_weight > 0 else []) + (["structure"] if objective.structure_weight > 0 else [])
+    names = ["total", *data.teachers, "patching", *objective.summary_level_weights()] + (
+        ["structure"] if objective.structure_weight > 0 else [])
     sources = list(data.datasets)
     sums = {source: dict.fromkeys(names, 0.0) for source in sources}
     counts = dict.fromkeys(sources, 0)
