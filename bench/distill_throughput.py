@@ -16,7 +16,7 @@ Modes:
 - bf16: the new path under torch.autocast(bfloat16) (`distill.bf16`), optional with --bf16 (slow on CPUs without
   native bf16: ~11x slower than float32 on this AVX2 machine).
 
-    .venv/bin/python bench/distill_throughput.py [--steps 60] [--quick] [--bf16] [--max-channels K]
+    .venv/bin/python bench/distill_throughput.py [--steps 60 | --epoch] [--quick] [--bf16] [--max-channels K]
 """
 
 import argparse
@@ -79,6 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--quick", action="store_true", help="12 steps per mode (under 2 minutes)")
+    parser.add_argument("--epoch", action="store_true",
+                        help="exactly the first epoch's batches (what every epoch of a full run holds, reshuffled), "
+                        "instead of --steps: the ratio a whole distillation sees")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--max-channels", type=int, help="the new mode's distill.max_channels (default: params')")
@@ -89,6 +92,8 @@ def main() -> None:
     if args.max_channels:
         params.distill.max_channels = args.max_channels
     data = distillation_data(params)
+    if args.epoch:
+        steps = sum(1 for _ in data.batches(data.epoch_plan(0)))
     modes = ["today", "new"] + (["bf16"] if args.bf16 else [])
     trainers = {mode: Trainer(params, data.stores, mode) for mode in modes}
     seed = params.distill.seed * 1_000_003  # + epoch: the augment seed `distill` passes the loader

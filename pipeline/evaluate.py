@@ -411,6 +411,14 @@ def finetune_table(metrics: dict, record: dict) -> str:
     lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     lines += [f"| {m} | " + " | ".join(f"{s[c]:.3f}" for c in columns) + " |" for m, s in metrics.items()]
     budget = record["budget"]
-    lines += ["", f"{budget['steps']} steps of {budget['batch_size']} series per model and task, split 0 only; "
+    splits = budget["splits"]
+    difference = record.get("distilled_minus_scratch", {})
+    if splits > 1 and difference:
+        lines += ["", f"finetune-distilled minus finetune-scratch, paired over the same {splits} splits (mean [95% "
+                  "interval], corrected resampled t): " + ", ".join(
+                      f"{group} {mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+                      for group, (mean, low, high) in difference.items() if group in ("mean", "real_mean")) + "."]
+    which = "split 0 only" if splits == 1 else f"{splits} splits per task (split 0 the declared one)"
+    lines += ["", f"{budget['steps']} steps of {budget['batch_size']} series per model and task, {which}; "
               f"{record['wall_seconds'] / 60:.0f} minutes for both models on every task (2 CPU cores)."]
     return "\n".join(lines)

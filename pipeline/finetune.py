@@ -6,8 +6,10 @@ classification head on the pooled embedding, cross-entropy plus the adaptive-pat
 - `finetune-distilled`: starts from the distilled student's weights;
 - `finetune-scratch`: starts from random weights (seeded).
 Both are scored on the test split(s) of `pipeline.evaluate.probe_splits` (the first `finetune.splits` of them)
-with the task's metric and accuracy. The loop is as plain as the distillation loop; the train-loss curves are
-written so that one can see whether the budget let the from-scratch model's loss flatten.
+with the task's metric and accuracy; with more than one split, the means get the probe table's intervals and the
+distilled-minus-scratch difference its paired interval (the same ProbeResults code). The loop is as plain as the
+distillation loop; the train-loss curves are written so that one can see whether the budget let the from-scratch
+model's loss flatten.
 """
 
 import copy
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from data_catalog.catalog import load_catalog
 from pipeline.distill.loader import pad_series
 from pipeline.distill.train import learning_rate
-from pipeline.evaluate import ProbeTask, load_task, probe_splits, task_score
+from pipeline.evaluate import ProbeResults, ProbeTask, load_task, probe_splits, task_score
 from pipeline.student import STEPEncoder
 from schemas.params import FinetuneParams, Params
 
@@ -77,45 +79,37 @@ def run_finetune(params: Params) -> dict:
     torch.manual_seed(config.seed)
     starts = {"finetune-distilled": distilled, "finetune-scratch": STEPEncoder(distilled.config)}
 
-    scores: dict[str, dict[str, list[float]]] = {m: {} for m in starts}
-    accuracy: dict[str, dict[str, list[float]]] = {m: {} for m in starts}
+    results = ProbeResults()  # model -> task -> per-split scores, as the probe table keeps them
     curves: dict[tuple[str, str], list[float]] = {}
-    real: set[str] = set()
     started = time.perf_counter()
     for name in tqdm(names, desc="finetune", unit="task"):
         task = load_task(catalog.get(name), catalog, params.prepare.series_store)
-        if task.real:
-            real.add(name)
         for split, train in enumerate(probe_splits(task, config.splits, params.evaluate.seed)[: config.splits]):
             truth = task.labels[~train]
             for model_name, start in starts.items():
                 model, head, losses = finetune(start, task, train, config)
                 predicted = predict(model, head, task, np.flatnonzero(~train))
                 score, correct = task_score(truth, predicted, task.entry.probe.metric)
-                scores[model_name].setdefault(name, []).append(score)
-                accuracy[model_name].setdefault(name, []).append(correct)
+                results.add(model_name, task, score, correct, (~train).sum() / train.sum())
                 if split == 0:
                     curves[(model_name, name)] = losses
-        log.info("%s: %s", name, {m: round(float(np.mean(s[name])), 3) for m, s in scores.items()})
+        log.info("%s: %s", name, {m: round(float(np.mean(s[name])), 3) for m, s in results.scores.items()})
     wall = time.perf_counter() - started
 
     metrics = {}
-    for model_name in starts:
-        by_task = {n: round(float(np.mean(v)), 4) for n, v in scores[model_name].items()}
-        generated = [by_task[n] for n in names if n not in real]
-        if generated:
-            by_task["mean"] = round(float(np.mean(generated)), 4)
-        if real:
-            by_task["real_mean"] = round(float(np.mean([by_task[n] for n in names if n in real])), 4)
-            by_task["real_accuracy_mean"] = round(float(np.mean([np.mean(accuracy[model_name][n]) for n in real])), 4)
-        metrics[model_name] = by_task
-    write_finetune_reports(Path(config.reports_dir), metrics, scores, curves, config, wall)
+    accuracy = results.per_split(results.accuracy)
+    for model_name, by_task in results.summary().items():
+        metrics[model_name] = {task: round(score, 4) for task, score in by_task.items()}
+        if "real_mean" in by_task:
+            metrics[model_name]["real_accuracy_mean"] = round(float(np.mean(accuracy[model_name]["real_mean"])), 4)
+    write_finetune_reports(Path(config.reports_dir), metrics, results, curves, config, wall)
     return metrics
 
 
-def write_finetune_reports(directory: Path, metrics: dict, scores: dict, curves: dict, config: FinetuneParams,
-                           wall: float) -> None:
-    """finetune_metrics.json (DVC metrics), finetune_splits.json, finetune/loss.csv and finetune/loss_curves.png."""
+def write_finetune_reports(directory: Path, metrics: dict, results: ProbeResults, curves: dict,
+                           config: FinetuneParams, wall: float) -> None:
+    """finetune_metrics.json (DVC metrics), finetune/splits.json (per-split scores, intervals, the paired
+    distilled-minus-scratch difference), finetune/loss.csv and finetune/loss_curves.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,8 +117,18 @@ def write_finetune_reports(directory: Path, metrics: dict, scores: dict, curves:
 
     (directory / "finetune").mkdir(parents=True, exist_ok=True)
     (directory / "finetune_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (directory / "finetune" / "splits.json").write_text(json.dumps(
-        {"budget": config.model_dump(), "wall_seconds": round(wall, 1), "scores": scores}, indent=2) + "\n")
+    rounded = lambda values: [round(float(v), 4) for v in values]  # noqa: E731
+    record = {
+        "budget": config.model_dump(),
+        "wall_seconds": round(wall, 1),
+        "scores": results.scores,
+        "intervals": {m: {t: rounded(bounds) for t, bounds in by_task.items()}
+                      for m, by_task in results.intervals().items()},
+        # task (and mean, real_mean) -> [mean, low, high] of finetune-distilled minus finetune-scratch
+        "distilled_minus_scratch": {t: rounded(v) for t, v in
+                                    results.comparisons("finetune-distilled")["finetune-scratch"].items()},
+    }
+    (directory / "finetune" / "splits.json").write_text(json.dumps(record, indent=2) + "\n")
     with open(directory / "finetune" / "loss.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "task", "step", "loss"])

@@ -233,7 +233,8 @@ class FinetuneParams(Section):
 
     datasets: list[str] | None = Field(None, description="Probe tasks (default: every probe data set).")
     splits: int = Field(
-        1, ge=1, description="Splits fine-tuned per task (the first of evaluate's splits; 1 = the declared split)."
+        4, ge=1, description="Splits fine-tuned per task (the first of evaluate's splits; 1 = the declared split). "
+        "With more than one, the distilled-minus-scratch difference gets a paired interval."
     )
     steps: int = Field(150, ge=1, description="Optimisation steps per model and task (the same budget for both).")
     batch_size: int = Field(16, ge=1, description="Series per step.")

@@ -2,11 +2,13 @@
 fine-tuning protocol."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+import yaml
 
 from pipeline import evaluate as evaluation
 from pipeline.evaluate import ProbeTask, interval, probe_score, probe_splits, teacher_embeddings
@@ -193,6 +195,31 @@ def test_finetune_stage_writes_both_models_for_every_task(evaluated):
         assert {"probe_sleep", "probe_radar", "probe_real", "mean", "real_mean"} <= set(scores)
     assert json.loads((root / "reports/finetune_metrics.json").read_text()) == metrics
     assert (root / "reports/finetune/loss_curves.png").stat().st_size > 1000
+
+
+def test_finetune_over_several_splits_pairs_distilled_against_scratch(evaluated, tmp_path):
+    from pipeline.evaluate import finetune_table
+    from stages import finetune as finetune_stage
+
+    root, params_path, _, _ = evaluated
+    params = yaml.safe_load(Path(params_path).read_text())
+    params["finetune"] |= {"splits": 2, "reports_dir": str(tmp_path / "reports")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    metrics = finetune_stage.run(str(tmp_path / "params.yaml"))
+
+    record = json.loads((tmp_path / "reports/finetune/splits.json").read_text())
+    scores = record["scores"]
+    assert all(len(per_split) == 2 for by_task in scores.values() for per_split in by_task.values())
+    for task in ("probe_sleep", "probe_real"):
+        distilled, scratch = np.array(scores["finetune-distilled"][task]), np.array(scores["finetune-scratch"][task])
+        assert metrics["finetune-distilled"][task] == pytest.approx(distilled.mean(), abs=1e-4)
+        mean, low, high = record["distilled_minus_scratch"][task]
+        assert mean == pytest.approx((distilled - scratch).mean(), abs=1e-4)
+        assert low <= mean <= high and (high > low or distilled[0] - scratch[0] == distilled[1] - scratch[1])
+    assert set(record["distilled_minus_scratch"]) >= {"mean", "real_mean"}
+    assert set(record["intervals"]) == {"finetune-distilled", "finetune-scratch"}
+    table = finetune_table(metrics, record)
+    assert "paired over the same 2 splits" in table and "2 splits per task" in table
 
 
 def test_update_readme_fills_the_results_and_finetune_blocks(evaluated, tmp_path):
