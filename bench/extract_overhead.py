@@ -14,8 +14,8 @@ last line sums it up: `extract_overhead: silero_vad=1.10 spectral=1.12 (goal <= 
 """
 
 import argparse
-import statistics
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
