@@ -26,25 +26,19 @@ sys.path.insert(0, str(ROOT))
 
 
 def setup(tmp: Path, count: int) -> Path:
-    """A scaled-down default corpus (pretraining sets only), prepared and extracted with the default teachers."""
+    """A scaled-down default corpus (bench/corpus.py: pretraining sets only, `count` series each), prepared and
+    extracted with the default teachers."""
+    from bench.corpus import generated_corpus
     from stages import extract as extract_stage
-    from stages import prepare as prepare_stage
 
-    catalog = yaml.safe_load((ROOT / "data_catalog/catalog.yaml").read_text())
-    catalog["datasets"] = [d for d in catalog["datasets"] if d["role"] == "pretrain" and "long" not in d["name"]]
-    for d in catalog["datasets"]:
-        d["source"]["count"] = count
-    (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["prepare"] |= {"catalog": str(tmp / "catalog.yaml"), "series_store": str(tmp / "series.zarr")}
-    params["extract"]["store_dir"] = str(tmp / "features")
+    params_path = generated_corpus(tmp, count)
+    params = yaml.safe_load(params_path.read_text())
     params.setdefault("distill", {}).update({"output_dir": str(tmp / "model"), "checkpoint_dir": str(tmp / "ck"),
                                              "reports_dir": str(tmp / "reports"), "val_fraction": 0.0,
                                              "device": "cpu"})
-    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    prepare_stage.run(str(tmp / "params.yaml"))
-    extract_stage.run(str(tmp / "params.yaml"))
-    return tmp / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params))
+    extract_stage.run(str(params_path))
+    return params_path
 
 
 def run_mode(mode: str, params_path: str, steps: int) -> dict:

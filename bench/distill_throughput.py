@@ -17,6 +17,9 @@ Modes:
   native bf16: ~11x slower than float32 on this AVX2 machine).
 
     .venv/bin/python bench/distill_throughput.py [--steps 60 | --epoch] [--quick] [--bf16] [--max-channels K]
+
+`--padding` times nothing: it prints how many of one epoch's channel-tokens (and of its attention cost, sum of N^2)
+are padding, with the distilled model's own stride choice: the most that batching by length could save.
 """
 
 import argparse
@@ -28,6 +31,7 @@ import torch
 from pipeline.distill.loader import distillation_data
 from pipeline.distill.train import student_and_objective
 from pipeline.student import modeling_step
+from pipeline.student.modeling_step import STEPEncoder
 from schemas.params import load_params
 
 
@@ -75,6 +79,25 @@ class Trainer:
         self.losses.append(loss.item())
 
 
+def padding_overhead(data, model: STEPEncoder, augment_seed: int | None = None) -> tuple[float, float, dict]:
+    """(padded / valid channel-tokens, padded / valid sum of N^2, {data set: padded / valid channel-tokens}) over
+    the first epoch's training batches, as training reads them with `augment_seed` (channel subsets drawn)."""
+    padded, valid = {}, {}  # data set -> [channel-tokens, sum of N^2]
+    with torch.no_grad():
+        for batch in data.batches(data.epoch_plan(0), augment_seed=augment_seed):
+            rate = torch.tensor(batch.sampling_rate or float("nan"), dtype=torch.float64).expand(len(batch.lengths))
+            _, n_tokens, _ = model.choose_strides(batch.lengths, rate, None)  # (B,) tokens of each segment
+            batch_size, channels = batch.values.shape[:2]
+            longest = int(n_tokens.max())
+            counts = padded.setdefault(batch.dataset, [0, 0]), valid.setdefault(batch.dataset, [0, 0])
+            counts[0][0] += batch_size * channels * longest
+            counts[0][1] += batch_size * channels * longest**2
+            counts[1][0] += channels * int(n_tokens.sum())
+            counts[1][1] += channels * int((n_tokens**2).sum())
+    total = [sum(c[i] for c in padded.values()) / sum(c[i] for c in valid.values()) for i in (0, 1)]
+    return total[0], total[1], {name: padded[name][0] / valid[name][0] for name in padded}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -85,6 +108,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--max-channels", type=int, help="the new mode's distill.max_channels (default: params')")
+    parser.add_argument("--padding", action="store_true",
+                        help="print the first epoch's padding overhead under the distilled model's strides, and stop")
     args = parser.parse_args()
     steps = 12 if args.quick else args.steps
 
@@ -92,6 +117,14 @@ def main() -> None:
     if args.max_channels:
         params.distill.max_channels = args.max_channels
     data = distillation_data(params)
+    if args.padding:
+        model = STEPEncoder.from_pretrained(params.distill.output_dir).eval()
+        tokens, attention, by_dataset = padding_overhead(data, model, augment_seed=params.distill.seed * 1_000_003)
+        for name, ratio in sorted(by_dataset.items(), key=lambda item: -item[1]):
+            print(f"{name}: {ratio:.3f}")
+        print(f"distill_throughput: padding={tokens:.3f} (padded / valid channel-tokens of one epoch; "
+              f"attention, sum of N^2: {attention:.3f})")
+        return
     if args.epoch:
         steps = sum(1 for _ in data.batches(data.epoch_plan(0)))
     modes = ["today", "new"] + (["bf16"] if args.bf16 else [])

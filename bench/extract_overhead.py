@@ -16,6 +16,7 @@ last line sums it up: `extract_overhead: silero_vad=1.10 spectral=1.12 (goal <= 
 import argparse
 import logging
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,6 @@ from pipeline.extract import extract, segment_datasets
 from pipeline.feature_store import FeatureStore
 from pipeline.teachers import load_teacher
 from schemas.params import load_params
-from stages import prepare as prepare_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 1.15
@@ -58,23 +58,6 @@ def bare_loop(name, params, catalog, entries) -> tuple[float, float]:
     return load_seconds, seconds
 
 
-def generated_corpus(tmp: Path, count: int) -> Path:
-    """The catalog's pretraining sets (no long records) at `count` series each, prepared under tmp; its params."""
-    catalog = yaml.safe_load((ROOT / "data_catalog/catalog.yaml").read_text())
-    catalog["datasets"] = [d for d in catalog["datasets"] if d["role"] == "pretrain" and "long" not in d["name"]]
-    for d in catalog["datasets"]:
-        d["source"]["count"] = count
-    (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    if "corpus" in params:  # the catalog's counts and lengths, as set above
-        params["corpus"] = {"scale": 1.0, "sources": {}}
-    params["prepare"] |= {"catalog": str(tmp / "catalog.yaml"), "series_store": str(tmp / "series.zarr")}
-    params["extract"]["store_dir"] = str(tmp / "features")
-    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    prepare_stage.run(str(tmp / "params.yaml"))
-    return tmp / "params.yaml"
-
-
 def default_corpus(tmp: Path) -> Path:
     """params.yaml as shipped, its prepared series store (paths made absolute), stores under tmp; its params."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -102,7 +85,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        params_path = default_corpus(tmp) if count is None else generated_corpus(tmp, count)
+        if count is None:
+            params_path = default_corpus(tmp)
+        else:
+            sys.path.insert(0, str(ROOT))  # run as a script: bench/ itself is on the path, not the project root
+            from bench.corpus import generated_corpus
+
+            params_path = generated_corpus(tmp, count)
         params = load_params(params_path)
         cat = load_catalog(params.prepare.catalog)
         wanted = params.extract.datasets or [entry.name for entry in cat.datasets]  # as the extract stage

@@ -6,6 +6,8 @@ Models compared under one protocol:
 - `teacher:<name>`: each teacher's cached token features, pooled over tokens with the very same operator as
   the student's tokens (`pool_embedding`, `evaluate.pooling`), the same series statistics appended when the
   pooling has `stats` and the same pooled fine-structure inputs (the distilled student's) when it has `structure`;
+- `teachers:all`: every teacher's pooled row side by side (the statistics once per teacher, the fine-structure
+  vectors once): what the teachers know together, roughly what distillation can at most hand on;
 - `baseline-stats`: per-channel mean/std/log-variance/band powers (data_catalog.baseline), a classical floor;
 - `baseline-structure`: the distilled student's fine-structure inputs alone (lag increments and octave band
   powers of each token's window, mean/std/max over tokens): what the student's network adds is the gap to it.
@@ -188,9 +190,12 @@ def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, ra
     structure = None
     if has_structure:  # teachers average channels, so their rows get the channel-averaged vectors
         structure = distilled.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling="structure")
+    appended = structure if "structure" in pooling.split("+") else None
     for teacher, store in stores.items():
-        embeddings[f"teacher:{teacher}"] = teacher_embeddings(
-            store, task, pooling, distilled.config, structure if "structure" in pooling.split("+") else None)
+        embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task, pooling, distilled.config, appended)
+    if len(stores) > 1:  # every teacher's row side by side, the appended vectors once
+        own = [embeddings[f"teacher:{t}"][:, : None if appended is None else -appended.shape[1]] for t in stores]
+        embeddings["teachers:all"] = np.concatenate(own + ([] if appended is None else [appended]), axis=1)
     rate = task.sampling_rate or 1.0  # unknown rate: band edges relative to Nyquist, whatever the unit
     embeddings["baseline-stats"] = np.stack([baseline_features(s, rate) for s in task.series])
     if has_structure:  # the teachers' vectors already, unless a montage keeps channels apart

@@ -248,8 +248,8 @@ class HFRemoteCodeTeacher(_NeuralTeacherFields):
     transformers4_compat: bool = Field(
         False,
         description="The model's code was written for transformers 4.x (Time-MoE's imports "
-        "transformers.modeling_attn_mask_utils, removed in transformers 5): provide that module's "
-        "_prepare_4d_causal_attention_mask while the code loads, and use eager attention.",
+        "transformers.modeling_attn_mask_utils, which transformers 5.0 to 5.24 lack): where transformers lacks that "
+        "module, provide its _prepare_4d_causal_attention_mask while the code loads; and use eager attention.",
     )
     max_context: int = Field(
         2048, ge=1, description="Longest input in steps; longer series are cut into overlapping windows, stitched. "

@@ -573,3 +573,21 @@ def test_embedding_projection_is_trained_by_the_summary_loss_and_needs_it(extrac
     params.student.overrides["embedding_size"] = 4
     with pytest.raises(ValueError, match="embedding_size.*summary"):
         distill(params)
+
+
+def test_padding_bench_counts_padded_tokens_and_attention_of_every_batch():
+    from bench.distill_throughput import padding_overhead
+    from pipeline.student import STEPConfig
+
+    # fixed 16-sample stride: 160 and 320 samples make 10 and 20 tokens; one 2-channel batch, one 1-channel batch
+    model = STEPEncoder(STEPConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                   front_end_channels=8, patch_points=8, adaptive_patching=False, fixed_stride=16))
+    batches = [SimpleNamespace(dataset="a", lengths=torch.tensor([160, 320]), values=torch.zeros(2, 2, 320),
+                               sampling_rate=None),
+               SimpleNamespace(dataset="b", lengths=torch.tensor([320]), values=torch.zeros(1, 1, 320),
+                               sampling_rate=100.0)]
+    data = SimpleNamespace(epoch_plan=lambda epoch: [], batches=lambda plan, augment_seed: iter(batches))
+    tokens, attention, by_dataset = padding_overhead(data, model)
+    # padded: 2 x 2 x 20 + 20 = 100 tokens, 2 x 2 x 400 + 400 = 2000; valid: 2 x 30 + 20 = 80, 2 x 500 + 400 = 1400
+    assert tokens == pytest.approx(100 / 80) and attention == pytest.approx(2000 / 1400)
+    assert by_dataset == pytest.approx({"a": 80 / 60, "b": 1.0})

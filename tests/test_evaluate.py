@@ -96,7 +96,7 @@ def evaluated(extracted_project):
 def test_evaluate_scores_every_model_on_the_same_splits_with_real_rows(evaluated):
     root, params_path, summary, seen = evaluated
     models = {"step-distilled", "step-random", "teacher:silero_vad", "teacher:fracast", "teacher:spectral",
-              "baseline-stats", "baseline-structure"}  # the cpu-small preset has fine structure
+              "teachers:all", "baseline-stats", "baseline-structure"}  # the cpu-small preset has fine structure
     assert set(summary) == models
     # every model was probed on the same 3 splits of each of the 3 tasks
     assert len(seen) == 3 * len(models) * 3
@@ -159,6 +159,32 @@ def test_teacher_rows_pool_every_token_of_every_segment_of_a_series(extracted_pr
     with pytest.raises(ValueError, match="fine-structure"):
         teacher_embeddings(store, probe, "mean+structure", config)
     assert probe.sampling_rate is None and probe.real  # the unknown rate reached the probe as None
+
+
+def test_teachers_all_row_puts_every_teacher_row_side_by_side_with_the_structure_once(extracted_project):
+    from data_catalog.catalog import load_catalog
+    from pipeline.feature_store import FeatureStore, store_location
+    from pipeline.student import STEPConfig, STEPEncoder
+    from schemas.params import load_params
+    from tests.project import TINY_STUDENT
+
+    root, params_path = extracted_project
+    params = load_params(params_path)
+    catalog = load_catalog(params.prepare.catalog)
+    probe = evaluation.load_task(catalog.get("probe_real"), catalog, params.prepare.series_store)
+    torch.manual_seed(0)
+    student = STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT)).eval()
+    stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
+    rows = evaluation.model_embeddings(params, probe, student, student, stores)
+    structure = rows["baseline-structure"]
+    assert "structure" in student.config.embedding_pooling and structure.shape[1] > 0
+    own = [rows[f"teacher:{t}"] for t in stores]
+    for row in own:  # each teacher row ends with the same structure vectors
+        np.testing.assert_array_equal(row[:, -structure.shape[1]:], structure)
+    expected = np.concatenate([row[:, : -structure.shape[1]] for row in own] + [structure], axis=1)
+    np.testing.assert_array_equal(rows["teachers:all"], expected)
+    del stores["fracast"], stores["spectral"]  # one teacher: no `teachers:all` row
+    assert "teachers:all" not in evaluation.model_embeddings(params, probe, student, student, stores)
 
 
 def test_finetune_lowers_the_loss_and_repeats_exactly_with_a_seed(extracted_project):

@@ -125,7 +125,6 @@ def test_remote_code_is_refused_unless_trusted_and_warns_when_on(remote_code_dir
     assert described["code_sha256"] and described["weights_sha256"] and described["trust_remote_code"] is True
     with pytest.raises(ValueError, match="auto_class 'model' needs AutoModel"):
         remote_teacher(remote_code_dir, auto_class="model")
-    assert "transformers.modeling_attn_mask_utils" not in sys.modules  # provided only while the code loads
 
 
 def test_remote_code_runs_in_float32_whatever_the_checkpoint_dtype(remote_code_dir, tmp_path):
@@ -143,18 +142,32 @@ def test_remote_code_runs_in_float32_whatever_the_checkpoint_dtype(remote_code_d
     assert_token_contract(teacher, 100, 1.0)
 
 
-def test_transformers4_code_needs_the_compat_flag(remote_code_dir, tmp_path):
-    """Code written for transformers 4 (as Time-MoE's) fails to import without transformers4_compat, and the error
-    says so. A fresh directory name, so transformers imports the code anew rather than reusing the loaded module."""
+def test_transformers4_code_needs_the_compat_flag(remote_code_dir, tmp_path, monkeypatch):
+    """Where transformers lacks modeling_attn_mask_utils (5.0 to 5.24; hidden here, so on every version), code
+    written for transformers 4 (as Time-MoE's) fails to import without transformers4_compat, and the error says so;
+    with it, the code imports the compat function, which is gone from sys.modules after, and the features are those
+    loaded as this transformers is (with its own function where it has one: 5.25+). A fresh directory name, so
+    transformers imports the code anew rather than reusing the loaded module."""
+    from pipeline.teachers.hf_remote_code import MASK_UTILS, _prepare_4d_causal_attention_mask
+
+    series = [random_series(1, 1, length) for length in (1, 40, 3 * 64 + 5)]
+    expected = [remote_teacher(remote_code_dir).encode(x, 1.0) for x in series]
+    monkeypatch.setitem(sys.modules, MASK_UTILS, None)  # importing it now fails, as where transformers lacks it
     fresh = tmp_path / "tiny_ts_unpatched"
     shutil.copytree(remote_code_dir, fresh)
     with pytest.raises(ImportError, match="written for transformers 4 .* set transformers4_compat: true"):
         remote_teacher(fresh, transformers4_compat=False)
+    teacher = remote_teacher(fresh)
+    code = sys.modules[type(teacher.model).__module__]  # the fixture's modeling code, imported anew
+    assert code._prepare_4d_causal_attention_mask is _prepare_4d_causal_attention_mask
+    assert sys.modules[MASK_UTILS] is None  # provided only while the code loaded
+    for x, features in zip(series, expected):
+        np.testing.assert_allclose(teacher.encode(x, 1.0), features, atol=1e-6)
 
 
 def test_transformers4_causal_mask():
     """The compat _prepare_4d_causal_attention_mask: 0 on and below the diagonal, the dtype's min above it; padded
-    keys masked; past keys visible; a sliding window hides keys too far back."""
+    keys masked; past keys visible; a sliding window hides keys too far back; no mask for a single step, as 4.x."""
     from pipeline.teachers.hf_remote_code import _prepare_4d_causal_attention_mask as prepare
 
     embeds = torch.zeros(2, 4, 3)
@@ -169,6 +182,24 @@ def test_transformers4_causal_mask():
     assert with_past.shape == (1, 1, 2, 5) and (with_past[0, 0, 0, :4] == 0).all() and with_past[0, 0, 0, 4] == minimum
     window = prepare(None, (1, 4), embeds[:1], 0, sliding_window=2)
     assert window[0, 0, 3, 0] == minimum and window[0, 0, 3, 1] == 0
+    assert prepare(None, (2, 1), embeds[:, :1], 0) is None
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # 5.25 deprecates the module it brought back
+def test_transformers4_causal_mask_is_transformers_own():
+    """Where transformers has modeling_attn_mask_utils (4.x, 5.25+), the compat function gives the masks its own
+    function gives."""
+    from pipeline.teachers.hf_remote_code import MASK_UTILS, _prepare_4d_causal_attention_mask as compat
+
+    own = pytest.importorskip(MASK_UTILS)._prepare_4d_causal_attention_mask
+    embeds = torch.zeros(2, 4, 3)
+    padding = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+    visible = torch.tril(torch.ones(4, 4))[None, None].expand(2, 1, 4, 4)
+    for args in [(None, (2, 4), embeds, 0), (None, (2, 1), embeds[:, :1], 0), (None, (1, 2), embeds[:1, :2], 3),
+                 (padding, (2, 4), embeds, 0), (padding, (2, 1), embeds[:, :1], 3), (visible, (2, 4), embeds, 0),
+                 (None, (1, 4), embeds[:1], 0, 2), (None, (1, 1), embeds[:1, :1], 2, 2)]:
+        mine, theirs = compat(*args), own(*args)
+        assert (mine is None and theirs is None) or torch.equal(mine, theirs), args
 
 
 def test_remote_code_token_counts_and_windows(remote_code_dir):

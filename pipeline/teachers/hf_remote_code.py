@@ -15,12 +15,14 @@ steps are averaged into one token: (items, T) -> (items, ceil(T / token_pool), h
 always have equal lengths, so nothing is padded. Weights: safetensors only.
 
 transformers 5: Time-MoE's code (written for transformers 4.40) imports
-`transformers.modeling_attn_mask_utils._prepare_4d_causal_attention_mask`, a module transformers 5 removed, so it
-fails to import. With `transformers4_compat: true` that module is provided (a re-implementation of the function's
-4.x behaviour: additive causal masks, optionally combined with a 2-D padding mask) in sys.modules while the code
-loads, and removed after; attention is then eager (Time-MoE has only eager and flash-attention classes). Without it,
-that import error is reported naming the field. The code paths this adapter runs (use_cache off, hidden states
-out) need nothing else from 4.x as far as Time-MoE's published code shows; the real checkpoint is not tested here.
+`transformers.modeling_attn_mask_utils._prepare_4d_causal_attention_mask`, a module transformers 5.0 to 5.24 lack
+(5.25 brought it back, deprecated, with 4.x's function), so there it fails to import. With `transformers4_compat:
+true`, where transformers lacks the module, it is provided (a re-implementation of the function's 4.x behaviour:
+additive causal masks, optionally combined with a 2-D padding mask; no mask for a single step) in sys.modules while
+the code loads, and removed after; where transformers has it, its own is used. Attention is then eager (Time-MoE has
+only eager and flash-attention classes). Without the flag, the import error is reported naming the field. The code
+paths this adapter runs (use_cache off, hidden states out) need nothing else from 4.x as far as Time-MoE's published
+code shows; the real checkpoint is not tested here.
 """
 
 import contextlib
@@ -44,7 +46,7 @@ from schemas.teachers import HFRemoteCodeTeacher
 log = logging.getLogger(__name__)
 
 AUTO_CLASSES = {"causal_lm": (AutoModelForCausalLM, "AutoModelForCausalLM"), "model": (AutoModel, "AutoModel")}
-MASK_UTILS = "transformers.modeling_attn_mask_utils"  # removed in transformers 5
+MASK_UTILS = "transformers.modeling_attn_mask_utils"  # not in transformers 5.0 to 5.24
 
 
 def _causal_4d_mask(batch: int, query: int, past: int, dtype, device, sliding_window: int | None) -> torch.Tensor:
@@ -64,10 +66,13 @@ def _causal_4d_mask(batch: int, query: int, past: int, dtype, device, sliding_wi
 def _prepare_4d_causal_attention_mask(attention_mask, input_shape, inputs_embeds, past_key_values_length,
                                       sliding_window=None):
     """transformers 4.x's function of that name: a 2-D padding mask (batch, keys) or None -> an additive causal
-    (batch, 1, query, keys) mask; a 4-D 0/1 mask is inverted into an additive one."""
+    (batch, 1, query, keys) mask; a 4-D 0/1 mask is inverted into an additive one. As in 4.x, no padding mask, one
+    query step and no sliding window give None (that step may see every key), which code written for 4.x handles."""
     batch, query = input_shape[0], input_shape[-1]
     dtype, device = inputs_embeds.dtype, inputs_embeds.device
     minimum = torch.finfo(dtype).min
+    if attention_mask is None and query == 1 and sliding_window is None:
+        return None
     if attention_mask is not None and attention_mask.dim() == 4:
         inverted = 1.0 - attention_mask.to(dtype)
         return inverted.masked_fill(inverted.to(torch.bool), minimum)
@@ -78,20 +83,32 @@ def _prepare_4d_causal_attention_mask(attention_mask, input_shape, inputs_embeds
     return causal.masked_fill(padding, minimum)
 
 
+def _importable(name: str) -> bool:
+    """None in sys.modules makes importing the name fail, as if it were not installed (how tests hide a module)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
+
+
 @contextlib.contextmanager
 def _transformers4_modules(enabled: bool):
     """While loading remote code: `transformers.modeling_attn_mask_utils` exists (if enabled and transformers lacks
-    it); removed from sys.modules after (the loaded code keeps its reference to the function)."""
-    if not enabled or MASK_UTILS in sys.modules or importlib.util.find_spec(MASK_UTILS) is not None:
+    it); sys.modules as it was after (the loaded code keeps its reference to the function). Where transformers has
+    the module (4.x, 5.25+), the code imports transformers' own, 4.x's function."""
+    if not enabled or _importable(MASK_UTILS):
         yield
         return
+    hidden = MASK_UTILS in sys.modules  # there as None (not importable): put None back after
     module = types.ModuleType(MASK_UTILS)
     module._prepare_4d_causal_attention_mask = _prepare_4d_causal_attention_mask
     sys.modules[MASK_UTILS] = module
     try:
         yield
     finally:
-        sys.modules.pop(MASK_UTILS, None)
+        if hidden:
+            sys.modules[MASK_UTILS] = None
+        else:
+            sys.modules.pop(MASK_UTILS, None)
 
 
 class HFRemoteCodeTeacherAdapter(WindowedTeacher):
@@ -130,7 +147,7 @@ class HFRemoteCodeTeacherAdapter(WindowedTeacher):
             if exc.name != MASK_UTILS:
                 raise
             raise ImportError(f"teacher {name!r}: the code of {spec.model_id!r} was written for transformers 4 (it "
-                              f"imports {MASK_UTILS}, removed in transformers {transformers.__version__}); set "
+                              f"imports {MASK_UTILS}, which transformers {transformers.__version__} lacks); set "
                               "transformers4_compat: true") from exc
         self.model.to(self.device).eval()
 
