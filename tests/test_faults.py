@@ -37,7 +37,6 @@ from tests.project import tiny_params, write_project
 SCRIPT = Path(sys.executable).with_name("step-pipeline")  # the console script installed in this environment
 LAUNCHER = [sys.executable, "-m", "tests.fault_launcher"]
 TIMEOUT = 300  # seconds per process; the machine may be shared
-N_CHUNKS = 12  # the tiny project's spectral store: 3 + 2 + 1 + 3 + 3 chunks of 8 segments
 SIGKILLED = -signal.SIGKILL
 
 
@@ -219,7 +218,7 @@ KILL_POINTS = {
     "after_features:6": 5,  # chunk 6's features written, no statistics, no flag
     "after_stats:8": 7,     # chunk 8's features and statistics written, no flag
     "after_flag:4": 4,      # right after chunk 4's flag
-    "finalize": N_CHUNKS,   # manifest written complete, metadata not consolidated
+    "finalize": None,       # manifest written complete, metadata not consolidated: every chunk done
 }
 
 
@@ -237,7 +236,8 @@ def test_sigkill_during_extraction_then_rerun_gives_the_identical_store(fault, r
     killed = run(project, project.extract, fault)
     assert killed.rc == SIGKILLED, killed.output
     record(faults=1)
-    assert n_done(project.store) == KILL_POINTS[fault]
+    every_chunk = n_done(reference.store)  # the tiny project's spectral store, complete
+    assert n_done(project.store) == (every_chunk if KILL_POINTS[fault] is None else KILL_POINTS[fault])
     lost = segments_lost(project.store, reference.store, done_only=True)  # what is marked done is right
     record(lost=lost)
     assert lost == 0
@@ -276,8 +276,9 @@ def test_sigkill_at_random_times_then_rerun_gives_the_identical_store(reference,
         lost = segments_lost(project.store, reference.store, done_only=True)
         record(lost=lost)
         assert lost == 0
-    print(f"chunks done at each random kill: {done_at_kill} of {N_CHUNKS}")
-    assert len(done_at_kill) >= 2 and min(done_at_kill) < N_CHUNKS, "the kills did not land inside the work"
+    every_chunk = n_done(reference.store)
+    print(f"chunks done at each random kill: {done_at_kill} of {every_chunk}")
+    assert len(done_at_kill) >= 2 and min(done_at_kill) < every_chunk, "the kills did not land inside the work"
 
     resumed = run(project, project.extract)
     assert resumed.rc == 0, resumed.output
@@ -372,10 +373,10 @@ def test_full_disk_during_extraction_keeps_done_chunks_and_resumes(limit, refere
         full = run(project, project.extract)
     else:
         grow = None
-        full = run(project, project.extract, "fsize:8192")  # the pre_long chunk (9.3 KB) cannot be written
+        full = run(project, project.extract, "fsize:9216")  # the pre_long chunk (10.1 KB) cannot be written
     assert full.rc != 0, full.output
     record(faults=1)
-    assert 0 < n_done(project.store) < N_CHUNKS, full.output  # stopped part-way, the written part kept
+    assert 0 < n_done(project.store) < n_done(reference.store), full.output  # stopped part-way, the written part kept
     assert not list(project.store.rglob("*.partial"))
     lost = segments_lost(project.store, reference.store, done_only=True)
     record(lost=lost)
@@ -390,11 +391,29 @@ def test_full_disk_during_extraction_keeps_done_chunks_and_resumes(limit, refere
     expect_clear_error(full, project.store)
 
 
+def python_runs_as(uid: int) -> bool:
+    """Whether this Python can run as `uid`: not where it is installed under a home only root may read (here
+    /root/.pyenv, /root being 0700), so that a process dropped to `uid` cannot load the stdlib modules it imports late."""
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import contextvars, unicodedata"], preexec_fn=drop,
+                               capture_output=True, cwd="/")
+    except PermissionError:  # the interpreter itself cannot be executed by uid
+        return False
+    return probe.returncode == 0
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to run as another user")
 def test_unwritable_output_directory_keeps_done_chunks_and_resumes(reference):
     """A store left by a killed run, owned by root; `nobody` runs extract on it: refused, nothing changed; then
     the owner reruns it to the end."""
+    if not python_runs_as(65534):
+        pytest.skip(f"{sys.executable} cannot run as uid 65534 (its installation is not readable by that user)")
     base = Path(tempfile.mkdtemp(prefix="step-unwritable-"))  # outside pytest's 0700 temp dirs
     try:
         base.chmod(0o755)
