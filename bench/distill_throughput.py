@@ -26,9 +26,10 @@ import argparse
 import itertools
 import time
 
+import numpy as np
 import torch
 
-from pipeline.distill.loader import distillation_data
+from pipeline.distill.loader import distillation_data, epoch_augment_seed
 from pipeline.distill.train import student_and_objective
 from pipeline.student import modeling_step
 from pipeline.student.modeling_step import STEPEncoder
@@ -82,20 +83,19 @@ class Trainer:
 def padding_overhead(data, model: STEPEncoder, augment_seed: int | None = None) -> tuple[float, float, dict]:
     """(padded / valid channel-tokens, padded / valid sum of N^2, {data set: padded / valid channel-tokens}) over
     the first epoch's training batches, as training reads them with `augment_seed` (channel subsets drawn)."""
-    padded, valid = {}, {}  # data set -> [channel-tokens, sum of N^2]
+    padded, valid = {}, {}  # data set -> (channel-tokens, sum of N^2)
     with torch.no_grad():
         for batch in data.batches(data.epoch_plan(0), augment_seed=augment_seed):
             rate = torch.tensor(batch.sampling_rate or float("nan"), dtype=torch.float64).expand(len(batch.lengths))
             _, n_tokens, _ = model.choose_strides(batch.lengths, rate, None)  # (B,) tokens of each segment
             batch_size, channels = batch.values.shape[:2]
             longest = int(n_tokens.max())
-            counts = padded.setdefault(batch.dataset, [0, 0]), valid.setdefault(batch.dataset, [0, 0])
-            counts[0][0] += batch_size * channels * longest
-            counts[0][1] += batch_size * channels * longest**2
-            counts[1][0] += channels * int(n_tokens.sum())
-            counts[1][1] += channels * int((n_tokens**2).sum())
-    total = [sum(c[i] for c in padded.values()) / sum(c[i] for c in valid.values()) for i in (0, 1)]
-    return total[0], total[1], {name: padded[name][0] / valid[name][0] for name in padded}
+            padded_counts = batch_size * channels * np.array([longest, longest**2])
+            padded[batch.dataset] = padded.get(batch.dataset, 0) + padded_counts
+            valid_counts = channels * np.array([int(n_tokens.sum()), int((n_tokens**2).sum())])
+            valid[batch.dataset] = valid.get(batch.dataset, 0) + valid_counts
+    tokens, attention = sum(padded.values()) / sum(valid.values())
+    return float(tokens), float(attention), {name: float(padded[name][0] / valid[name][0]) for name in padded}
 
 
 def main() -> None:
@@ -119,7 +119,8 @@ def main() -> None:
     data = distillation_data(params)
     if args.padding:
         model = STEPEncoder.from_pretrained(params.distill.output_dir).eval()
-        tokens, attention, by_dataset = padding_overhead(data, model, augment_seed=params.distill.seed * 1_000_003)
+        first_epoch = epoch_augment_seed(params.distill.seed, 0)
+        tokens, attention, by_dataset = padding_overhead(data, model, augment_seed=first_epoch)
         for name, ratio in sorted(by_dataset.items(), key=lambda item: -item[1]):
             print(f"{name}: {ratio:.3f}")
         print(f"distill_throughput: padding={tokens:.3f} (padded / valid channel-tokens of one epoch; "
@@ -129,12 +130,12 @@ def main() -> None:
         steps = sum(1 for _ in data.batches(data.epoch_plan(0)))
     modes = ["today", "new"] + (["bf16"] if args.bf16 else [])
     trainers = {mode: Trainer(params, data.stores, mode) for mode in modes}
-    seed = params.distill.seed * 1_000_003  # + epoch: the augment seed `distill` passes the loader
 
     def batches(augmented: bool):
         """The first `steps` batches: whole segments, or as training reads them (channel subsets drawn)."""
         return itertools.islice(itertools.chain.from_iterable(
-            data.batches(data.epoch_plan(e), augment_seed=seed + e if augmented else None)
+            data.batches(data.epoch_plan(e), augment_seed=epoch_augment_seed(params.distill.seed, e) if augmented
+                         else None)
             for e in itertools.count()), steps)
 
     for whole, augmented in zip(batches(False), batches(True)):  # batch i of both is the same segments

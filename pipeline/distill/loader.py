@@ -81,6 +81,12 @@ class Batch:
                      self.fixed_montage, move(self.target_loc), move(self.target_scale))
 
 
+def epoch_augment_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's random crops and channel subsets (`DistillationData.batches`), distinct per run seed
+    and epoch: what `distill` passes, and what a bench must pass to see the batches training sees."""
+    return seed * 1_000_003 + epoch
+
+
 def pad_series(series: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """(channels, time_i) arrays -> (batch, channels, max time) zero-padded on the right, and lengths (batch,)."""
     padded = pad_sequence([torch.from_numpy(np.ascontiguousarray(v.T)) for v in series], batch_first=True)

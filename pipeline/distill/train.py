@@ -22,7 +22,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from pipeline.distill.loader import DistillationData, distillation_data
+from pipeline.distill.loader import DistillationData, distillation_data, epoch_augment_seed
 from pipeline.distill.memory import bound_allocator_arenas, peak_resident_gb, resident_gb
 from pipeline.distill.objective import DistillationObjective, TeacherHeads
 from pipeline.distill.reports import write_model_card, write_reports
@@ -254,7 +254,7 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
     while step < config.max_steps:
         epoch, skip = data.locate(step)
         plan = data.epoch_plan(epoch)
-        for batch in data.batches(plan, skip=skip, augment_seed=config.seed * 1_000_003 + epoch):
+        for batch in data.batches(plan, skip=skip, augment_seed=epoch_augment_seed(config.seed, epoch)):
             lr = learning_rate(step, config.lr, config.warmup_steps, config.max_steps, config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
