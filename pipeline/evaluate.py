@@ -417,13 +417,14 @@ def finetune_table(metrics: dict, record: dict) -> str:
     lines += [f"| {m} | " + " | ".join(f"{s[c]:.3f}" for c in columns) + " |" for m, s in metrics.items()]
     budget = record["budget"]
     splits = budget["splits"]
-    difference = record.get("distilled_minus_scratch", {})
-    if splits > 1 and difference:
-        lines += ["", f"finetune-distilled minus finetune-scratch, paired over the same {splits} splits (mean [95% "
-                  "interval], corrected resampled t): " + ", ".join(
-                      f"{group} {mean:+.3f} [{low:+.3f}, {high:+.3f}]"
-                      for group, (mean, low, high) in difference.items() if group in ("mean", "real_mean")) + "."]
+    differences = record.get("finetune_distilled_minus", {})
+    if splits > 1 and differences:
+        lines += ["", f"finetune-distilled minus each row, paired over the same {splits} splits (mean [95% interval], "
+                  "corrected resampled t):", "", "| row | mean | real_mean |", "|---|---|---|"]
+        lines += [f"| {other} | " + " | ".join(f"{d[g][0]:+.3f} [{d[g][1]:+.3f}, {d[g][2]:+.3f}]" if g in d else "-"
+                                             for g in ("mean", "real_mean")) + " |" for other, d in differences.items()]
     which = "split 0 only" if splits == 1 else f"{splits} splits per task (split 0 the declared one)"
-    lines += ["", f"{budget['steps']} steps of {budget['batch_size']} series per model and task, {which}; "
-              f"{record['wall_seconds'] / 60:.0f} minutes for both models on every task (2 CPU cores)."]
+    lines += ["", f"LP-FT: {budget['epochs']:g} epochs over each train fold, at most {budget['max_steps']} steps of "
+              f"{budget['batch_size']} series per model, task and split, {which}; "
+              f"{record['wall_seconds'] / 60:.1f} minutes in all (2 CPU cores)."]
     return "\n".join(lines)

@@ -72,7 +72,7 @@ def tiny_params(root: Path) -> dict:
                     "val_fraction": 0.2, "device": "cpu", "output_dir": str(root / "models/step-student"),
                     "checkpoint_dir": str(root / "models/checkpoints"), "reports_dir": str(root / "reports")},
         "evaluate": {"splits": 3, "reports_dir": str(root / "reports")},
-        "finetune": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "reports_dir": str(root / "reports")},
+        "finetune": {"max_steps": 4, "batch_size": 4, "evaluations": 2, "reports_dir": str(root / "reports")},
     }
 
 

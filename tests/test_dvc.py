@@ -48,7 +48,6 @@ def repo(tmp_path_factory):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "init", "-q")
     dvc(repo, "config", "core.analytics", "false")
-    dvc(repo, "unfreeze", "finetune")  # frozen in the project (its results are committed); here it runs, tiny
     return repo
 
 
@@ -104,9 +103,9 @@ def test_stage_deps_cover_the_project_modules_its_command_imports(stage):
     assert not uncovered, f"dvc.yaml stage {stage!r} imports {uncovered} without depending on them"
 
 
-def test_finetune_stage_is_frozen_with_its_results_committed():
-    """`dvc repro` skips the long fine-tuning stage but verifies its outputs: they must be in the repository."""
+def test_finetune_stage_runs_in_every_repro():
+    """Fine-tuning is sized for the default run, so `dvc repro` runs it (it is not frozen) and tracks its reports."""
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["finetune"]
-    assert stage["frozen"] is True
+    assert not stage.get("frozen", False)
     for output in ["reports/finetune_metrics.json", "reports/finetune/loss.csv", "reports/finetune/splits.json"]:
-        assert output in str(stage) and (ROOT / output).exists(), output
+        assert output in str(stage), output

@@ -187,65 +187,7 @@ def test_teachers_all_row_puts_every_teacher_row_side_by_side_with_the_structure
     assert "teachers:all" not in evaluation.model_embeddings(params, probe, student, student, stores)
 
 
-def test_finetune_lowers_the_loss_and_repeats_exactly_with_a_seed(extracted_project):
-    from pipeline.finetune import finetune
-    from pipeline.student import STEPConfig, STEPEncoder
-    from schemas.params import FinetuneParams
-    from tests.project import TINY_STUDENT
-
-    rng = np.random.default_rng(0)
-    labels = np.arange(32) % 2
-    series = [np.sin(np.arange(200) / (3 + 5 * y))[None] * 10.0 ** (2 * y) + 0.05 * rng.normal(size=(1, 200))
-              for y in labels]
-    probe = task(labels, 2)
-    probe.series = [s.astype(np.float32) for s in series]
-    torch.manual_seed(0)
-    encoder = STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT))
-    before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    config = FinetuneParams(steps=100, batch_size=8, warmup_steps=2, lr=3e-3)
-    model, _, losses = finetune(encoder, probe, probe.train, config)
-    assert np.mean(losses[-8:]) < 0.3 * np.mean(losses[:8])
-    _, _, again = finetune(encoder, probe, probe.train, config)
-    assert again == losses
-    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # a copy was trained
-    assert not torch.equal(model.state_dict()["final_norm.weight"], before["final_norm.weight"])
-
-
-def test_finetune_stage_writes_both_models_for_every_task(evaluated):
-    from stages import finetune as finetune_stage
-
-    root, params_path, _, _ = evaluated
-    metrics = finetune_stage.run(str(params_path))
-    assert set(metrics) == {"finetune-distilled", "finetune-scratch"}
-    for scores in metrics.values():
-        assert {"probe_sleep", "probe_radar", "probe_real", "mean", "real_mean"} <= set(scores)
-    assert json.loads((root / "reports/finetune_metrics.json").read_text()) == metrics
-    assert (root / "reports/finetune/loss_curves.png").stat().st_size > 1000
-
-
-def test_finetune_over_several_splits_pairs_distilled_against_scratch(evaluated, tmp_path):
-    from pipeline.evaluate import finetune_table
-    from stages import finetune as finetune_stage
-
-    root, params_path, _, _ = evaluated
-    params = yaml.safe_load(Path(params_path).read_text())
-    params["finetune"] |= {"splits": 2, "reports_dir": str(tmp_path / "reports")}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    metrics = finetune_stage.run(str(tmp_path / "params.yaml"))
-
-    record = json.loads((tmp_path / "reports/finetune/splits.json").read_text())
-    scores = record["scores"]
-    assert all(len(per_split) == 2 for by_task in scores.values() for per_split in by_task.values())
-    for task in ("probe_sleep", "probe_real"):
-        distilled, scratch = np.array(scores["finetune-distilled"][task]), np.array(scores["finetune-scratch"][task])
-        assert metrics["finetune-distilled"][task] == pytest.approx(distilled.mean(), abs=1e-4)
-        mean, low, high = record["distilled_minus_scratch"][task]
-        assert mean == pytest.approx((distilled - scratch).mean(), abs=1e-4)
-        assert low <= mean <= high and (high > low or distilled[0] - scratch[0] == distilled[1] - scratch[1])
-    assert set(record["distilled_minus_scratch"]) >= {"mean", "real_mean"}
-    assert set(record["intervals"]) == {"finetune-distilled", "finetune-scratch"}
-    table = finetune_table(metrics, record)
-    assert "paired over the same 2 splits" in table and "2 splits per task" in table
+# Fine-tuning itself: tests/test_finetune.py.
 
 
 def test_update_readme_fills_the_results_and_finetune_blocks(evaluated, tmp_path):

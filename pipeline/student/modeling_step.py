@@ -564,3 +564,108 @@ def check_inputs(
         if int(num_tokens.min()) < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens.tolist()}")
     return batch, channels, time
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Classification: the encoder with a linear head on its embedding (what pipeline/finetune.py trains and saves)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def embedding_width(config: STEPConfig, pooling: str) -> int:
+    """Width of one channel's embedding under `pooling` (what embed() returns per channel)."""
+    if pooling == "pooled":
+        return config.hidden_size
+    token_width = config.embedding_size or config.hidden_size
+    widths = {"mean": token_width, "std": token_width, "max": token_width, "stats": 2,
+              "structure": 3 * (config.structure_lags + config.structure_bands)}
+    return sum(widths[part] for part in check_pooling(pooling))
+
+
+@dataclass
+class STEPClassifierOutput(ModelOutput):
+    """What STEPForClassification returns.
+
+    loss: () cross-entropy of the logits against `labels` (None without labels).
+    logits: (batch, num_labels).
+    embedding: (batch, width) the vector the head read (embed()'s, differentiable).
+    patching_loss: () the encoder's adaptive-patching penalty (add it to the loss when training).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+    patching_loss: torch.Tensor | None = None
+
+
+class STEPForClassification(PreTrainedModel):
+    """The STEP encoder with a linear head on the very embedding `STEPEncoder.embed()` returns.
+
+    The head reads the vector a linear probe reads (pooled token projections, series statistics, fine-structure
+    vectors, per `config.classifier_pooling`, default `config.embedding_pooling`), standardised by two fixed
+    buffers (a probe's scaler: `embedding_mean`, `embedding_scale`), then Linear(width, num_labels). Fine-tuning
+    (pipeline/finetune.py) starts it from a probe's solution, so its first predictions are the probe's.
+    `config.classifier_channels` > 0: series of a fixed montage of that many channels, whose per-channel vectors
+    are concatenated in channel order (as evaluation does for such a task); 0: channels are averaged.
+
+    Saved like the encoder (config.json + model.safetensors); the encoder's weights sit under `step.`, so
+    `STEPEncoder.from_pretrained` (or AutoModel) on a saved classifier gives its fine-tuned encoder, and
+    AutoModelForSequenceClassification gives the whole classifier.
+    """
+
+    config_class = STEPConfig
+    base_model_prefix = "step"
+    main_input_name = "values"
+
+    def __init__(self, config: STEPConfig):
+        super().__init__(config)
+        self.pooling = getattr(config, "classifier_pooling", None) or config.embedding_pooling
+        self.montage_channels = int(getattr(config, "classifier_channels", 0) or 0)
+        width = embedding_width(config, self.pooling) * max(1, self.montage_channels)
+        self.step = STEPEncoder(config)
+        self.register_buffer("embedding_mean", torch.zeros(width))
+        self.register_buffer("embedding_scale", torch.ones(width))
+        self.classifier = nn.Linear(width, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module):
+        """The encoder's initialisation for its modules; normal(initializer_range) for the head."""
+        self.step._init_weights(module)
+
+    def embedding(self, values: torch.Tensor, lengths: torch.Tensor | None = None,
+                  sampling_rate: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, width) embeddings of a padded batch, differentiable, and the patching penalty; in eval mode the
+        numbers `self.step.embed()` gives for the same series (tested)."""
+        keep_channels = self.montage_channels > 0
+        if keep_channels and values.shape[1] != self.montage_channels:
+            raise ValueError(f"this classifier reads a fixed montage of {self.montage_channels} channels, got "
+                             f"{values.shape[1]}")
+        out = self.step(values, lengths, sampling_rate=sampling_rate, fixed_montage=keep_channels)
+        if self.pooling == "pooled":
+            return out.pooled, out.patching_loss
+        vectors = pool_embedding(self.step.embedding_tokens(out.last_hidden_state), out.token_mask, self.pooling,
+                                 keep_channels, out.statistics, out.fine_structure)
+        return vectors, out.patching_loss
+
+    def head(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, width) embeddings -> (B, num_labels) logits: standardise with the fixed buffers, then Linear."""
+        return self.classifier((embedding - self.embedding_mean) / self.embedding_scale)
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor | None = None,
+                sampling_rate: float | torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> STEPClassifierOutput:
+        """values (B, C, T) padded on the right, lengths (B,), sampling_rate as for STEPEncoder; labels (B,) long
+        class indices give the cross-entropy loss."""
+        embedding, patching_loss = self.embedding(values, lengths, sampling_rate)
+        logits = self.head(embedding)
+        loss = None if labels is None else F.cross_entropy(logits, labels.to(logits.device).long())
+        return STEPClassifierOutput(loss=loss, logits=logits, embedding=embedding, patching_loss=patching_loss)
+
+    @torch.inference_mode()
+    def predict_logits(self, series: Sequence[np.ndarray],
+                       sampling_rate: float | Sequence[float | None] | np.ndarray | None = None,
+                       batch_size: int = 32) -> np.ndarray:
+        """(n, num_labels) float32 logits of arrays shaped (time,) or (channels, time), batched as embed() does
+        (eval mode); argmax gives the class index (config.id2label names it)."""
+        embeddings = self.step.embed(series, sampling_rate, batch_size=batch_size, pooling=self.pooling,
+                                     keep_channels=self.montage_channels > 0)
+        return self.head(torch.from_numpy(embeddings).to(self.device)).float().cpu().numpy()
