@@ -5,7 +5,7 @@ Modes, each the default distillation (params.yaml, the extracted stores) for --s
   `distill.max_channels` channels per training segment at most);
 - before: every channel of every segment (`max_channels: null`), glibc's default arenas (up to 8 per core) and
   no trimming.
-The distill loop records resident memory at each validation (every steps/10 steps; reports/distill/memory.csv);
+The distill loop records resident memory at each validation (every steps/10 steps; reports/run_info/distill_memory.csv);
 the peak is the process's own maximum resident set (getrusage), between validations too. Prints RSS at those
 steps for both modes and, as its last line, each mode's peak, its growth from step steps/10 to the end and the
 range it stays in from step steps/10 on, e.g. `distill_memory: shipped: peak 1.8 GB, growth +0.1 GB, 1.2-1.4 GB
@@ -48,7 +48,7 @@ def run(mode: str, steps: int, directory: Path) -> tuple[list[tuple[int, float]]
     path = directory / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(params))
     out = subprocess.run([sys.executable, "-c", RUN, str(path), mode], check=True, capture_output=True, text=True)
-    with open(directory / mode / "reports/distill/memory.csv", newline="") as handle:
+    with open(directory / mode / "reports/run_info/distill_memory.csv", newline="") as handle:
         curve = [(int(row["step"]), float(row["rss_gb"])) for row in csv.DictReader(handle)]
     return curve, int(out.stdout.split()[-1]) * 1024 / 1e9  # KiB -> GB, as resident_gb
 

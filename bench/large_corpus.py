@@ -74,7 +74,7 @@ def measure(scale: float, teacher: str, steps: int, directory: Path) -> dict:
     series = 0
     for entry in yaml.safe_load((directory / "catalog.yaml").read_text())["datasets"]:
         series += max(1, round(entry["source"]["count"] * scale))
-    metrics = json.loads((directory / "reports/distill/metrics.json").read_text())
+    metrics = json.loads((directory / "reports/run_info/distill.json").read_text())  # the run's own figures
     row |= {"series": series, "series_gb": disk_bytes(directory / "series.zarr") / 1e9,
             "store_gb": disk_bytes(directory / "features") / 1e9,
             "segments_per_second": metrics["segments_per_second"]}

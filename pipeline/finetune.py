@@ -271,7 +271,6 @@ def write_finetune_reports(directory: Path, metrics: dict, results: ProbeResults
     differences = results.comparisons("finetune-distilled")
     record = {
         "budget": config.model_dump(),
-        "wall_seconds": round(wall, 1),
         "scores": results.scores,
         "intervals": {m: {t: rounded(bounds) for t, bounds in by_task.items()}
                       for m, by_task in results.intervals().items()},
@@ -283,6 +282,9 @@ def write_finetune_reports(directory: Path, metrics: dict, results: ProbeResults
         "steps_split_0": {m: {t: run.steps for (m2, t), run in curves.items() if m2 == m} for m, _ in curves},
     }
     (directory / "finetune" / "splits.json").write_text(json.dumps(record, indent=2) + "\n")
+    # the wall time varies from run to run: a run record outside what DVC hashes (git-ignored), not splits.json
+    (directory / "run_info").mkdir(exist_ok=True)
+    (directory / "run_info" / "finetune.json").write_text(json.dumps({"wall_seconds": round(wall, 1)}) + "\n")
     with open(directory / "finetune" / "loss.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "task", "step", "loss", "validation"])

@@ -156,7 +156,9 @@ class FeatureStoreManifest(BaseModel):
         None, description="Storage options; filled by FeatureStore.create_or_open."
     )
     package_version: str = Field("", description="step-pipeline version that wrote the store.")
-    created: str = Field("", description="UTC ISO time the store was created.")
+    created: str = Field("", description="Empty: a store's bytes do not depend on when it was written, so that a rerun "
+                         "reproduces it exactly (the extract log says when). Stores written before December 2026 "
+                         "carry their UTC creation time here.")
     groups: dict[str, GroupInfo] = Field(default_factory=dict, description="Data sets in the store.")
     feature_mean: list[float] | None = Field(
         None, description="Per-feature mean over every valid token of every group; set when complete."

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import logging
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +138,7 @@ class FeatureStore:
             )
         manifest = requested.model_copy(
             update={
-                "package_version": package_version(),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "package_version": package_version(),  # no creation time: a rerun must write the same bytes
                 "groups": {},
                 "feature_mean": None,
                 "feature_std": None,
