@@ -6,9 +6,10 @@ Two presentations, because the teachers treat them differently:
   - unknown rate: `--series` series of 1000 samples, sampling_rate None (what UCR-like sets give; crepe and
     resemblyzer stretch them to 4096 and 16000 samples first).
 Each figure is the fastest of `--repeats` timed runs after one warm-up (this 2-core machine is shared, so the
-fastest run is the one least disturbed), with torch's default thread count. Prints a markdown table.
+fastest run is the one least disturbed), with torch's default thread count unless `--threads` (on a loaded
+machine one thread is steadier). Prints a markdown table.
 
-    python bench/teacher_costs.py [--seconds 4] [--series 16] [--repeats 3] [--teachers crepe iclabel ...]
+    python bench/teacher_costs.py [--seconds 4] [--series 16] [--repeats 3] [--threads 1] [--teachers ...]
 """
 
 import argparse
@@ -51,9 +52,12 @@ def main():
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of 16 kHz audio per timing")
     parser.add_argument("--series", type=int, default=16, help="series of 1000 samples (unknown rate) per timing")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--teachers", nargs="*", default=list(TEACHERS), help="names from the table (default all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
     audio = rng.standard_normal((1, 1, int(args.seconds * 16000))).astype(np.float32)
