@@ -114,7 +114,8 @@ def test_weights_load_from_the_wheels_without_importing_them(teachers):
 ])  # fmt: skip
 def test_missing_wheel_says_how_to_install_it(monkeypatch, kind, package, install):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real_find_spec(name, *a))
+    hidden = lambda name, *rest: None if name == package else real_find_spec(name, *rest)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", hidden)
     with pytest.raises(FileNotFoundError, match=f"teacher 'x'.*not installed.*{install}"):
         load_teacher("x", {"kind": kind, "device": "cpu"})
 
@@ -140,6 +141,7 @@ def test_token_counts_are_exact(teachers, name, length, rate):
         n_tokens = teacher.num_tokens(length, None)
         assert features.shape == (2, n_tokens, teacher.feature_dim) and np.isfinite(features).all()
         assert n_tokens == teacher.num_tokens(length, teacher.native_rate)
+        assert teacher.token_rate(None, length) == teacher.token_rate(None)  # one grid for every length
         per_sample = teacher.token_rate(None, length)
         assert n_tokens / per_sample >= length and (n_tokens - 1) / per_sample < length
     else:
@@ -160,15 +162,18 @@ def test_windowed_teachers_keep_the_count_and_crepe_equals_one_pass(teachers, mo
         assert_token_contract(teacher, 20_000, teacher.native_rate, channels=2, batch=1)
 
 
-def test_crepe_stretch_is_an_integer_upsampling_on_the_token_grid(crepe):
+def test_crepe_stretch_averages_the_frames_of_each_unstretched_cell(crepe):
+    """A 1000-sample series is upsampled by s = ceil(4096 / 1000) = 5; frames every 256 stretched samples (20),
+    each token the mean of the 5 in its cell of 256 original samples: 4 tokens, the grid of an unstretched series,
+    so series of any length in one data set share one token rate."""
     plain = load_teacher("crepe", {"kind": "crepe", "device": "cpu", "stretch_to": None})
-    x = np.cumsum(rng.standard_normal((1, 1, 150)), axis=-1).astype(np.float32)
-    factor = math.ceil(4096 / 150)  # 28: 4200 samples, 17 tokens of 256 stretched samples (9.14 original)
-    assert crepe.num_tokens(150, None) == math.ceil(factor * 150 / 256) == 17
-    assert crepe.token_rate(None, 150) == pytest.approx(factor / 256)
-    stretched = resample(centred(x), RatePlan("resample", factor, 1))  # centred first: see crepe.centred
-    np.testing.assert_allclose(crepe.encode(x, None), plain.encode(stretched, None), atol=1e-5)
-    assert plain.num_tokens(150, None) == 1 and crepe.num_tokens(5000, None) == plain.num_tokens(5000, None) == 20
+    x = np.cumsum(rng.standard_normal((1, 2, 1000)), axis=-1).astype(np.float32)
+    stretched = resample(centred(x), RatePlan("resample", 5, 1))  # centred first: see crepe.centred
+    frames = plain.encode(stretched, None)  # (1, 20, 256)
+    assert frames.shape[1] == 20 and crepe.num_tokens(1000, None) == plain.num_tokens(1000, None) == 4
+    np.testing.assert_allclose(crepe.encode(x, None), frames.reshape(1, 4, 5, 256).mean(axis=2), atol=1e-5)
+    assert {crepe.token_rate(None, n) for n in (1, 150, 1000, 5000)} == {1 / 256}  # one grid for any length
+    assert not np.allclose(crepe.encode(x, None), plain.encode(x, None), atol=1e-2)  # the stretch changes the view
 
 
 @pytest.mark.parametrize("name", ["crepe", "resemblyzer", "iclabel"])

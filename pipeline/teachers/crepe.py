@@ -17,16 +17,18 @@ mean. Each frame is then centred and divided by its standard deviation, as torch
 Rate: 16 kHz native; series within a factor 4 are resampled, others and series of unknown rate taken as 16 kHz
 (base.rate_plan).
 
-Short series are stretched (`stretch_to`, default 4096 samples): a series whose model samples number L <
-stretch_to is upsampled by the integer factor s = ceil(stretch_to / L) (scipy polyphase, band-limited) before
-framing. FINDINGS ("Trials on the encoder"): CREPE tiny on series of unknown rate probed 0.82 on the outside real
-sets stretched to >= 4096 samples at hop 256, and far lower fed as they are (one frame per 1024 samples), because a
-150-sample series is otherwise a fraction of one frame. The stretch keeps the token grid exact: the stretched
-series has s * L samples and ceil(s * L / hop) tokens, so token i covers original samples [i * hop / s,
-(i + 1) * hop / s) and token_rate(rate, length) is s / hop per model sample, a length-dependent rate as fracast's
-decimation gives. The stretch acts on the model samples whatever the rate (an unknown rate gives what 16 kHz
-gives, as base.py requires), so 16 kHz audio shorter than 0.26 s is pitched down too; `stretch_to: null` turns it
-off.
+Short series are stretched (`stretch_to`, default 4096 samples): a series of L model samples, L < stretch_to, is
+upsampled by the integer factor s = ceil(stretch_to / L) (scipy polyphase, band-limited), so it spans several
+frames instead of a fraction of one. FINDINGS ("Trials on the encoder"): CREPE tiny on series of unknown rate
+probed 0.82 on the outside real sets stretched to >= 4096 samples with frames every 256 samples, far lower fed as
+they are. The token grid stays on the original axis: frames are taken every `hop` samples of the stretched series
+(s per token cell) and each token is the mean of the s frames whose centres lie in its cell. So num_tokens is
+ceil(L / hop) and token_rate 1 / hop per model sample whatever the stretch: every series of a data set, short or
+long, shares one token grid, as the feature store requires (a length-dependent token rate is refused for a data
+set of mixed lengths). What the stretch changes is the view: a frame covers 1024 / s original samples, and a
+token averages s views. The stretch acts on model samples whatever the rate (an unknown rate gives what 16 kHz
+gives, as base.py requires), so 16 kHz audio shorter than 0.26 s is pitched down too; `stretch_to: null` turns
+it off.
 
 Scale: each channel is standardised over the whole series in float64 (`standardized_or_flat`: a flat channel
 becomes zeros) and every frame is z-scored, so x, 1e-21 * x and 1e6 * x give the same features. A frame more than
@@ -45,7 +47,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.teachers.base import RELATIVE_FLOOR, RatePlan, WindowedTeacher, resample, resolve_device, sha256_of_files
+from pipeline.teachers.base import (
+    RELATIVE_FLOOR,
+    RatePlan,
+    WindowedTeacher,
+    pool_steps,
+    resample,
+    resolve_device,
+    sha256_of_files,
+)
 from schemas.teachers import CrepeTeacher
 
 NATIVE_RATE = 16000
@@ -147,27 +157,23 @@ def zscored_frames(frames: torch.Tensor) -> torch.Tensor:
 
 
 class ShortSeriesStretch:
-    """Mixed into a WindowedTeacher: series shorter than `spec.stretch_to` model samples are upsampled by the
-    integer factor ceil(stretch_to / length) before the model (see the CREPE module docstring for the grid)."""
+    """Mixed into a WindowedTeacher: a series shorter than `spec.stretch_to` model samples is upsampled by the
+    integer factor s = ceil(stretch_to / length) before the model, and every s consecutive tokens of the stretched
+    series are averaged into one, so the token grid is the unstretched one (see the CREPE module docstring)."""
 
     def stretch_factor(self, model_length: int) -> int:
         target = self.spec.stretch_to
         return 1 if target is None or model_length >= target else -(-target // model_length)
 
-    def model_length(self, length: int, sampling_rate: float | None) -> int:
-        resampled = super().model_length(length, sampling_rate)
-        return resampled * self.stretch_factor(resampled)
-
-    def token_rate(self, sampling_rate: float | None, length: int | None = None) -> float:
-        factor = 1 if length is None else self.stretch_factor(super().model_length(length, sampling_rate))
-        return super().token_rate(sampling_rate) * factor
-
     def encode(self, values: np.ndarray, sampling_rate: float | None) -> np.ndarray:
-        values = resample(centred(self._checked(values)), self.rate_plan(sampling_rate))  # (batch, channels, model_time)
+        values = centred(self._checked(values))  # before resampling: see `centred`
+        values = resample(values, self.rate_plan(sampling_rate))  # (batch, channels, model_time)
         factor = self.stretch_factor(values.shape[-1])
-        if factor > 1:
-            values = resample(values, RatePlan("resample", factor, 1))  # (batch, channels, factor * model_time)
-        return super().encode(values, self.native_rate)  # now at the native rate and long enough: no more change
+        if factor == 1:
+            return super().encode(values, self.native_rate)
+        stretched = resample(values, RatePlan("resample", factor, 1))  # (batch, channels, factor * model_time)
+        tokens = super().encode(stretched, self.native_rate)  # (batch, ceil(factor * model_time / hop), D)
+        return pool_steps(torch.from_numpy(tokens), factor).numpy()  # (batch, ceil(model_time / hop), D)
 
 
 class CrepeTeacherAdapter(ShortSeriesStretch, WindowedTeacher):

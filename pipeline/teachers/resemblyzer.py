@@ -15,8 +15,8 @@ Grid: frame j is the 400 samples centred on the 160-sample cell j (zeros beyond 
 center=True with its constant padding), so a series of T model samples gives ceil(T / 160) frames and
 ceil(T / (160 * token_pool)) tokens; token i covers its cell of 160 * token_pool samples. Resemblyzer's voice
 trimming (webrtcvad) is left out: it removes samples, and the grid must keep them. Short series are stretched to
-`stretch_to` samples (default 16000: ~100 frames) by an integer factor, exactly as for CREPE (crepe.py explains
-the grid), so a 150-sample series is not two LSTM steps. Windows of `max_context_seconds` (default 10 s) are run
+`stretch_to` samples (default 16000: ~100 frames) by an integer factor s and every s tokens averaged, exactly as
+for CREPE (crepe.py explains the grid), so the LSTM reads a 150-sample series over ~100 steps, not one. Windows of `max_context_seconds` (default 10 s) are run
 from a zero LSTM state and stitched (base.py).
 
 Scale: Resemblyzer normalises each utterance's volume to -30 dBFS (RMS 0.0316 of full scale); here each channel is
