@@ -7,7 +7,7 @@ the mean train loss over the last quarter of the steps, and the ratio new / toda
 `distill_throughput: ratio=1.08 (goal >= 2)`.
 
 Modes:
-- today: the step as of the profile in README ("Training speed"): channel attention always runs its full
+- today: the step as of the profile in docs/benchmarks.md ("Training speed"): channel attention always runs its full
   attention, even over one channel, and every segment shows all its channels;
 - new: the shipped code path (attention over one channel is exactly out_proj(v_proj(x)): no q, k, no copies), and
   `distill.max_channels` of params (or --max-channels): the same batches as training reads them (the loader's

@@ -4,8 +4,9 @@
 (each from the committed params, so overrides never stack), then restores the workspace to the committed state
 (params, dvc.lock and reports from git, the model from DVC's cache); commit before running. Workspace runs, not `--queue`: the feature stores are `cache: false` (too large for DVC's cache), so a
 queued run in a temporary copy would have to extract them again. Variants that change only `evaluate` rerun only
-that stage. `step-pipeline ablations table` reads `dvc exp show --json` and prints the Markdown table README shows
-(generated mean and real_mean with their 95% intervals, distillation wall time).
+that stage. `step-pipeline ablations table` reads `dvc exp show --json` and prints the Markdown table docs/experiments.md shows
+(generated mean and real_mean with their 95% intervals, real accuracy; wall times vary from run to run and
+are not DVC metrics: each run's is in reports/run_info/distill.json).
 """
 
 import json
@@ -35,9 +36,9 @@ ABLATIONS: dict[str, list[str]] = {
     "no-fine-structure": ["+student.overrides.structure_lags=0", "+student.overrides.structure_bands=0",
                           "+student.overrides.embedding_pooling=mean+std+max+stats", "distill.structure_weight=0.0"],
     "no-band-powers": ["+student.overrides.structure_bands=0"],
-    # 24 third-octave bands instead of 8 octaves (better generated, worse real in five runs, README)
+    # 24 third-octave bands instead of 8 octaves (better generated, worse real in five runs, docs/experiments.md)
     "third-octave-bands": ["+student.overrides.structure_bands=24", "+student.overrides.bands_per_octave=3"],
-    # learned channel identities for fixed montages (off by default: not better in three runs, README)
+    # learned channel identities for fixed montages (off by default: not better in three runs, docs/experiments.md)
     "channel-identity": ["+student.overrides.montage_channels=64", "distill.max_channels=null"],
     "no-structure-loss": ["distill.structure_weight=0.0"],
     "source-standardisation": ["distill.target_standardisation=source"],  # errors in each data set's own units
@@ -127,18 +128,16 @@ def table(experiments: list[dict] | None = None) -> str:
                 data = (revision.get("data") or {})
                 if name in ABLATIONS and data.get("metrics"):
                     rows[name] = data["metrics"]
-    lines = ["| variant | overrides | generated mean F1 | real_mean F1 | real accuracy | distill wall (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| variant | overrides | generated mean F1 | real_mean F1 | real accuracy |", "|---|---|---|---|---|"]
     for name in ABLATIONS:
         if name not in rows:
             continue
         metrics = rows[name]
         probe = metrics.get("reports/probe_metrics.json", {}).get("data", {}).get("step-distilled", {})
         accuracy = metrics.get("reports/probe_accuracy.json", {}).get("data", {}).get("step-distilled", {})
-        distill = metrics.get("reports/distill/metrics.json", {}).get("data", {})
         intervals = metrics.get("reports/probe_intervals.json", {}).get("data", {}).get("step-distilled", {})
         cells = [f"{probe.get(k, float('nan')):.3f}" + (f" ±{(intervals[k]['high'] - intervals[k]['low']) / 2:.3f}"
                                                         if k in intervals else "") for k in ("mean", "real_mean")]
         lines.append(f"| {name} | {' '.join(ABLATIONS[name]) or '(params.yaml)'} | {cells[0]} | {cells[1]} | "
-                     f"{accuracy.get('real_mean', float('nan')):.3f} | {distill.get('wall_seconds', '')} |")
+                     f"{accuracy.get('real_mean', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"

@@ -53,7 +53,7 @@ class TeacherOnWorker(WorkerPlugin):
         if "MALLOC_TRIM_THRESHOLD_" in os.environ:
             log.warning("worker %s runs with MALLOC_TRIM_THRESHOLD_=%s (dask's default for workers it starts): "
                         "every large tensor is then mapped and unmapped anew, and torch on CPU ran 2.3x slower "
-                        "here; see README 'Running on a cluster'", worker.address, os.environ["MALLOC_TRIM_THRESHOLD_"])
+                        "here; see docs/cluster.md", worker.address, os.environ["MALLOC_TRIM_THRESHOLD_"])
         self.teacher = load_teacher(self.name, self.spec)
         self.values: dict[str, SegmentValues] = {}  # data set -> its reader, with the last series read cached
         self.stores: dict[str, FeatureStore] = {}  # store location -> chunk writer

@@ -3,7 +3,7 @@
 What test_catalog.py, test_feature_store.py, test_extract.py, test_cli.py and test_student.py already cover
 (NaN/Inf refused or interpolated, empty series, complex and pickled .npy, truncated .npy, garbage .wav, a path
 outside data_root, probe sets without labels, bad params.yaml, stores from another configuration, untrusted
-feature stores) is not repeated. Handling documented in README "Failure behaviour":
+feature stores) is not repeated. Handling documented in docs/failure-behaviour.md:
 - constant, all-zero, 1-sample, integer and boolean series are accepted (as float32): teachers and the
   student give finite features and embeddings;
 - a 1e7-sample series is read memory-mapped and cut into near-equal segments of at most segments.max_samples;
