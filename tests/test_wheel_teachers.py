@@ -354,8 +354,8 @@ def test_iclabel_network_equals_mne_icalabel(iclabel, upstream_iclabel):
     topo = np.zeros((32, 32, 1, n), np.float32)
     with torch.inference_mode():
         expected = theirs.eval()(*network._format_input_for_torch(*network._format_input(topo, psd, ac))).numpy()
-        ours = iclabel.net(torch.zeros(1, 1, 32, 32), torch.from_numpy(psd.transpose(3, 2, 0, 1).copy()),
-                           torch.from_numpy(ac.transpose(3, 2, 0, 1).copy()))  # fmt: skip
+        ours = iclabel.net(torch.zeros(n, 1, 32, 32), torch.from_numpy(psd[0, :, 0].T.copy()),
+                           torch.from_numpy(ac[0, :, 0].T.copy()))  # fmt: skip
     np.testing.assert_allclose(torch.softmax(ours[:, 200:], dim=1).numpy(), expected, atol=1e-6)
 
 
@@ -375,3 +375,34 @@ def test_iclabel_inputs_are_mne_icalabels_features(upstream_iclabel, seconds):
     upstream_autocorr = features._eeg_autocorr_welch if seconds > 5 else features._eeg_autocorr
     expected_ac = upstream_autocorr(raw, ica, windows)[0, :, 0, :].T
     np.testing.assert_allclose(autocorr(windows, rate), expected_ac, atol=1e-5)
+
+
+# ---- through `extract` ----------------------------------------------------------------------------------------
+def test_extract_writes_the_wheel_teachers_stores_for_ragged_series_of_unknown_rate(tmp_path):
+    """The tiny project's ragged real set (15-60 samples, rate unknown, stretched 69-1067x) through the real
+    extraction: series of mixed lengths share one token grid (a length-dependent token rate would be refused)."""
+    from data_catalog.catalog import load_catalog
+    from pipeline.extract import extract
+    from schemas.params import load_params
+    from stages import prepare as prepare_stage
+    from tests.project import tiny_params, write_project
+    from tests.test_extract import store_arrays
+
+    params = tiny_params(tmp_path)
+    params["extract"]["teachers"] = {"crepe": {"kind": "crepe", "device": "cpu"},
+                                     "resemblyzer": {"kind": "resemblyzer", "device": "cpu"},
+                                     "iclabel": {"kind": "iclabel", "device": "cpu"}}  # fmt: skip
+    params_path = write_project(tmp_path, params)
+    prepare_stage.run(str(params_path))
+    params = load_params(params_path)
+    catalog = load_catalog(params.prepare.catalog)
+    entries = [entry for entry in catalog.datasets if entry.name == "probe_real"]
+    for name in ("crepe", "resemblyzer", "iclabel"):
+        manifest = extract(name, params, catalog, entries)
+        described = load_teacher(name, params.extract.teachers[name]).describe()
+        assert manifest.complete and manifest.weights_sha256 == described["weights_sha256"]
+        chunks = store_arrays(tmp_path / "data/features" / f"{name}.zarr")
+        assert {group for group, _ in chunks} == {"probe_real"}
+        for features, n_tokens, ids in chunks.values():
+            assert features.shape[-1] == described["feature_dim"] and (n_tokens >= 1).all()
+            assert np.isfinite(features).all()
