@@ -9,6 +9,10 @@ Models compared under one protocol:
 - `teachers:all`: every teacher's pooled row side by side (the statistics once per teacher, the fine-structure
   vectors once): what the teachers know together, roughly what distillation can at most hand on;
 - `baseline-stats`: per-channel mean/std/log-variance/band powers (data_catalog.baseline), a classical floor;
+- `baseline-minirocket`: MiniRocket (pipeline.teachers.minirocket, the published transform, 10,000 features) on
+  the whole series: the classical anchor practitioners reach for. Its biases are fitted once per task on the
+  declared train split (series only, no labels; the reference fits them on the train set too), every series is
+  linearly resampled to the task's longest length (as aeon users do with ragged sets), then the same probe;
 - `baseline-structure`: the distilled student's fine-structure inputs alone (lag increments and octave band
   powers of each token's window, mean/std/max over tokens): what the student's network adds is the gap to it.
 The paper's other protocol (fine-tuning against training from scratch) is `pipeline.finetune`.
@@ -54,6 +58,7 @@ from pipeline.feature_store import FeatureStore, store_location
 from pipeline.student import STEPEncoder
 from pipeline.student.modeling_step import series_statistics
 from pipeline.student.pooling import check_pooling, pool_embedding
+from pipeline.teachers.minirocket import MiniRocket
 from schemas.catalog import CatalogEntry, GeneratorSource
 from schemas.params import Params
 
@@ -186,7 +191,7 @@ def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, ra
                              keep_channels=keep_channels)
         for model, encoder in (("step-distilled", distilled), ("step-random", random_student))
     }
-    has_structure = bool(distilled.config.structure_lags or distilled.config.structure_bands)
+    has_structure = bool(distilled.config.fine_structure_width)
     structure = None
     if has_structure:  # teachers average channels, so their rows get the channel-averaged vectors
         structure = distilled.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling="structure")
@@ -198,10 +203,25 @@ def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, ra
         embeddings["teachers:all"] = np.concatenate(own + ([] if appended is None else [appended]), axis=1)
     rate = task.sampling_rate or 1.0  # unknown rate: band edges relative to Nyquist, whatever the unit
     embeddings["baseline-stats"] = np.stack([baseline_features(s, rate) for s in task.series])
+    if params.evaluate.minirocket_features:
+        embeddings["baseline-minirocket"] = minirocket_embeddings(task, params.evaluate.minirocket_features,
+                                                                  params.evaluate.seed)
     if has_structure:  # the teachers' vectors already, unless a montage keeps channels apart
         embeddings["baseline-structure"] = structure if not keep_channels else distilled.embed(
             task.series, task.sampling_rate, batch_size=batch_size, pooling="structure", keep_channels=True)
     return embeddings
+
+
+def minirocket_embeddings(task: ProbeTask, num_features: int, seed: int) -> np.ndarray:
+    """(n, ~num_features) MiniRocket features of every series of the task, each resampled to the longest length;
+    fitted (dilations, biases: no labels) on the declared train split."""
+    length = max(values.shape[1] for values in task.series)
+    grid = np.linspace(0.0, 1.0, length)
+    x = np.stack([values if values.shape[1] == length else
+                  np.stack([np.interp(grid, np.linspace(0.0, 1.0, values.shape[1]), channel) for channel in values])
+                  for values in task.series]).astype(np.float32)  # (n, C, length)
+    rocket = MiniRocket(num_features, seed=seed).fit(x[task.train])
+    return rocket.transform(x)
 
 
 def evaluate(params: Params) -> dict:

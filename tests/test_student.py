@@ -12,7 +12,7 @@ from data_catalog.series import Series
 from pipeline import STEPConfig, STEPEncoder
 from pipeline.embed import embed_to_store, series_from_file
 from pipeline.student.configuration_step import PRESETS
-from pipeline.student.fine_structure import window_band_powers, window_structure
+from pipeline.student.fine_structure import window_band_powers, window_kernel_activity, window_structure
 from pipeline.student.modeling_step import STEPBlock, gaussian_windows, normalise_channels, patching_penalty, signed_log
 
 TINY = dict(
@@ -242,6 +242,47 @@ def test_window_band_powers_put_a_weak_tone_in_its_own_octave():
     assert jump.argmax() == 6 and jump[6] > 0.25
     # the rest stay within the noise of bands a few bins wide (octaves: 0.05, fewer bins per band here)
     assert jump[[k for k in range(12) if k not in (5, 6, 7)]].abs().max() < 0.1
+
+
+def test_window_kernel_activity_is_the_ppv_of_each_kernel_inside_each_window():
+    """Per token window, the share of positions where MiniRocket kernel k at dilation d exceeds its bias (minus
+    1/2), from the kernel's output over the whole series with zeros beyond its ends."""
+    from pipeline.teachers.minirocket import KERNELS
+
+    biases = torch.linspace(-1, 1, 2 * 84).tolist()
+    config = STEPConfig(**TINY, structure_kernel_dilations=[1, 3], structure_kernel_biases=biases)
+    signal = torch.zeros(1, 2, 300, dtype=torch.float64)
+    length, stride = 250, 10.0
+    signal[..., :length] = torch.randn(1, 2, length, dtype=torch.float64)
+    features = window_kernel_activity(signal, torch.tensor([length]), torch.tensor([stride], dtype=torch.float64),
+                                      25, config)  # (1, 2, 25, 168)
+    assert features.shape == (1, 2, 25, 2 * 84)
+    x = signal[0, :, :length].numpy()
+    for d, dilation in enumerate((1, 3)):
+        padded = np.pad(x, ((0, 0), (4 * dilation, 4 * dilation)))
+        for k in (0, 41, 83):
+            weights = KERNELS[k, 0].numpy()
+            output = sum(weights[j] * padded[:, j * dilation : j * dilation + length] for j in range(9))  # (2, 250)
+            for token in (0, 12, 24):
+                centre = (token + 0.5) * stride
+                start, end = int(max(centre - stride, 0)), int(min(centre + stride, length))
+                expected = (output[:, start:end] > biases[d * 84 + k]).mean(axis=1) - 0.5
+                np.testing.assert_allclose(features[0, :, token, d * 84 + k].numpy(), expected, atol=1e-6)
+
+
+def test_kernel_activity_enters_tokens_and_the_structure_embedding():
+    plain = tiny_model(structure_lags=2, structure_bands=0)
+    with_kernels = tiny_model(structure_lags=2, structure_bands=0, structure_kernel_dilations=[1, 2])
+    assert plain.kernel_embedding is None and with_kernels.kernel_embedding.in_features == 168
+    series = [np.random.default_rng(0).normal(size=(1, 200)).astype(np.float32)]
+    structure = with_kernels.embed(series, None, pooling="structure")
+    assert structure.shape == (1, 3 * (2 + 168)) == (1, 3 * with_kernels.config.fine_structure_width)
+    means = structure[0, : 2 + 168]  # the mean part: lags, then the kernels' PPV - 1/2, in [-1/2, 1/2]
+    assert np.all(np.abs(means[2:]) <= 0.5) and np.abs(means[2:]).max() > 0
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="structure_kernel_biases"):
+        STEPConfig(**TINY, structure_kernel_dilations=[1], structure_kernel_biases=[0.0] * 10)
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="structure_kernel_dilations"):
+        STEPConfig(**TINY, structure_kernel_dilations=[0])
 
 
 def test_structure_lags_switch_and_bounds():

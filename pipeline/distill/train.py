@@ -171,10 +171,26 @@ def record_validation(history: dict, step: int, objective, model, data, device, 
     return overall
 
 
+def kernel_biases_from_corpus(params: Params, student_config: STEPConfig) -> list[float]:
+    """The student's fixed-kernel biases: each kernel's median output over a fixed sample of 256 pretraining
+    segments, as the minirocket teacher fits its own (the same sample and code), so the saved model carries them."""
+    from data_catalog.catalog import load_catalog
+    from pipeline.extract import corpus_sample
+    from pipeline.teachers.minirocket import fit_corpus_biases
+    from schemas.teachers import MiniRocketTeacher
+
+    spec = MiniRocketTeacher(dilations=tuple(student_config.structure_kernel_dilations), biases_per_kernel=1)
+    sample = corpus_sample(load_catalog(params.prepare.catalog), params, spec.fit_series, "the student's kernel biases")
+    log.info("student: fitting %d fixed-kernel biases on %d corpus segments", 84 * len(spec.dilations), len(sample))
+    return fit_corpus_biases(spec, sample)
+
+
 def student_and_objective(params: Params, config, stores: dict[str, FeatureStore], device: torch.device):
     """A fresh student (params.student) with one head per teacher store, the objective and AdamW over both:
     (model, heads, objective, optimizer). `config` is params.distill, possibly with max_steps overridden."""
     student_config = STEPConfig.from_preset(params.student.preset, **params.student.overrides)
+    if student_config.structure_kernel_dilations and student_config.structure_kernel_biases is None:
+        student_config.structure_kernel_biases = kernel_biases_from_corpus(params, student_config)
     model = STEPEncoder(student_config).to(device)
     dims = {t: s.manifest.feature_dim for t, s in stores.items()}
     structure_dim = student_config.structure_lags + student_config.structure_bands if config.structure_weight else 0

@@ -67,6 +67,17 @@ class STEPConfig(PreTrainedConfig):
             track within its octave, as a spectrogram teacher does. Not the default: measured in five runs, thirds
             gave +0.026 generated mean F1 and -0.013 on the real sets, on average (README, "What each change
             measured"), and the real sets are judged first.
+        structure_kernel_dilations: D dilations (samples) of MiniRocket's 84 fixed kernels (length 9, weights -1
+            and 2 at three positions; pipeline/teachers/minirocket.py): every token also gets, per kernel and
+            dilation, the proportion of its window's positions where the kernel's output on the normalised signal
+            exceeds the kernel's bias (PPV, minus 1/2): 84 D fixed random-convolution features that see every
+            sample of the window, where the resampled patch sees P points. They enter the token like the other
+            fine-structure inputs (a Linear into hidden) and the embedding's `structure` part (mean, std, max over
+            tokens: the mean is MiniRocket's whole-series PPV at these dilations). Fixed, not learned: a
+            random-weight twin has them too. None = off (the default, for models saved without the field).
+        structure_kernel_biases: the 84 D biases, flat (dilation, kernel); distillation fits them once as the median
+            of each kernel's output over a fixed sample of the pretraining corpus (pipeline/distill/train.py), and
+            the saved config keeps them. None with dilations set = 0 for every kernel.
 
     Channel identity (our addition, not in the paper):
         montage_channels: M learned channel-identity vectors; vector c is added to every token of channel c when
@@ -135,6 +146,8 @@ class STEPConfig(PreTrainedConfig):
     structure_lags: int = 0
     structure_bands: int = 0
     bands_per_octave: int = 1
+    structure_kernel_dilations: list[int] | None = None
+    structure_kernel_biases: list[float] | None = None
 
     # Channel identity
     montage_channels: int = 0
@@ -170,9 +183,10 @@ class STEPConfig(PreTrainedConfig):
             if "stats" in parts and not self.stats_compensation:
                 raise ValueError(f"embedding_pooling {self.embedding_pooling!r} has 'stats' but stats_compensation is "
                                  "off, so there are no statistics to append: drop 'stats'")
-            if "structure" in parts and not (self.structure_lags or self.structure_bands):
+            if "structure" in parts and not self.fine_structure_width:
                 raise ValueError(f"embedding_pooling {self.embedding_pooling!r} has 'structure' but the model has no "
-                                 "fine-structure inputs: set structure_lags or structure_bands")
+                                 "fine-structure inputs: set structure_lags, structure_bands or "
+                                 "structure_kernel_dilations")
         if self.embedding_size < 0:
             raise ValueError(f"embedding_size must be >= 0 (0: off), got {self.embedding_size}")
         if not 0 <= self.structure_lags <= 24:
@@ -181,10 +195,21 @@ class STEPConfig(PreTrainedConfig):
             raise ValueError(f"structure_bands must lie in [0, 48], got {self.structure_bands}")
         if not 1 <= self.bands_per_octave <= 12:
             raise ValueError(f"bands_per_octave must lie in [1, 12], got {self.bands_per_octave}")
+        dilations = self.structure_kernel_dilations or []
+        if any(d < 1 for d in dilations) or len(dilations) > 16:
+            raise ValueError(f"structure_kernel_dilations must be at most 16 dilations >= 1, got {dilations}")
+        if self.structure_kernel_biases is not None and len(self.structure_kernel_biases) != 84 * len(dilations):
+            raise ValueError(f"structure_kernel_biases must hold 84 x len(structure_kernel_dilations) = "
+                             f"{84 * len(dilations)} values, got {len(self.structure_kernel_biases)}")
         if not 0 <= self.montage_channels <= 4096:
             raise ValueError(f"montage_channels must lie in [0, 4096], got {self.montage_channels}")
         if self.max_num_tokens < 1 or self.initial_num_tokens < 1:
             raise ValueError("max_num_tokens and initial_num_tokens must be >= 1")
+
+    @property
+    def fine_structure_width(self) -> int:
+        """Fine-structure inputs per token and channel: J lags + K bands + 84 D kernel activities."""
+        return self.structure_lags + self.structure_bands + 84 * len(self.structure_kernel_dilations or [])
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "STEPConfig":

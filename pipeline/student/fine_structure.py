@@ -106,3 +106,36 @@ def window_means(values: torch.Tensor, valid: torch.Tensor, start: torch.Tensor,
     count = (high - low).clamp(min=1)[:, None, :]  # (B, 1, N)
     take = lambda index: integral.gather(-1, index[:, None, :].expand(-1, channels, -1))  # noqa: E731
     return (take(high) - take(low)) / count  # (B, C, N)
+
+
+def window_kernel_activity(
+    signal: torch.Tensor, lengths: torch.Tensor, strides: torch.Tensor, max_tokens: int, config: STEPConfig
+) -> torch.Tensor:
+    """Each token window's MiniRocket activity: per dilation d of `structure_kernel_dilations` and each of the 84
+    fixed kernels, the proportion of the window's positions where the kernel's output exceeds its bias (PPV),
+    minus 1/2, so the features are centred near 0 on the corpus (the biases are its medians).
+
+    Why: the resampled patch averages away what is faster than about 2 beta S / P samples, and the lag and band
+    powers keep only energy per scale, not shape; these fixed kernels see every sample's local shape (a rise, a
+    dip, a kink at each dilation), the representation MiniRocket classifies with. The output is the kernel over the
+    series with zeros beyond its ends (the reference's padding); per window, one prefix sum (`window_means`).
+    No gradient to the stride from here. One series at a time, so memory stays (C, 84, T) floats.
+    """
+    from pipeline.teachers.minirocket import NUM_KERNELS, convolve
+
+    # signal (B, C, T) float64, 0 beyond each length; lengths (B,); strides (B,) float64
+    batch, channels, time = signal.shape
+    dilations = config.structure_kernel_dilations
+    biases = torch.zeros(len(dilations), NUM_KERNELS) if config.structure_kernel_biases is None else torch.tensor(
+        config.structure_kernel_biases, dtype=torch.float32).view(len(dilations), NUM_KERNELS)
+    start, end = window_edges(lengths, strides, max_tokens, config)  # (B, N) each
+    features = signal.new_zeros(batch, channels, max_tokens, len(dilations) * NUM_KERNELS, dtype=torch.float32)
+    for b in range(batch):
+        length = int(lengths[b])
+        series = signal[b, :, :length].float()  # (C, T_b)
+        for d, dilation in enumerate(dilations):
+            above = (convolve(series, dilation) > biases[d].to(series.device)[None, :, None]).float()  # (C, 84, T_b)
+            ppv = window_means(above.flatten(0, 1)[None], lengths[b : b + 1], start[b : b + 1], end[b : b + 1])
+            features[b, :, :, d * NUM_KERNELS : (d + 1) * NUM_KERNELS] = ppv[0].view(
+                channels, NUM_KERNELS, max_tokens).transpose(1, 2) - 0.5  # (C, N, 84)
+    return features  # (B, C, N, 84 D)

@@ -40,7 +40,7 @@ def pool_embedding(tokens: torch.Tensor, token_mask: torch.Tensor, pooling: str,
         else:
             if fine_structure is None:
                 raise ValueError(f"pooling {pooling!r} needs the student's fine-structure inputs (a model with "
-                                 "structure_lags or structure_bands)")
+                                 "structure_lags, structure_bands or structure_kernel_dilations)")
             pooled += [token_moment(fine_structure.to(tokens.dtype), token_mask, m) for m in ("mean", "std", "max")]
     per_channel = torch.cat(pooled, dim=-1)  # (B, C, K)
     return per_channel.flatten(1) if keep_channels else per_channel.mean(dim=1)

