@@ -29,7 +29,7 @@ def test_default_params_and_catalog_validate():
     assert set(params.extract.teachers) == {"silero_vad", "fracast", "spectral"}
     catalog = load_catalog(ROOT / "data_catalog" / "catalog.yaml")
     probes = [e for e in catalog.datasets if e.role == "probe"]
-    assert len(probes) == 10  # the seven generated analogues and three real UCR sets
+    assert len(probes) == 11  # the seven generated analogues and four real UCR sets
     assert any(e.name.startswith("pretrain_long") for e in catalog.datasets)
 
 
@@ -306,7 +306,7 @@ def test_unknown_rate_and_montage_are_catalog_values(tmp_path):
     catalog = load_catalog(ROOT / "data_catalog/catalog.yaml")
     assert catalog.get("wbcic_like").channel_names[7] == "C3"
     assert {e.name for e in catalog.datasets if e.rate_unknown and e.role == "probe"} == {
-        "ucr_arrowhead", "ucr_osuleaf", "ucr_pickupgesture"}
+        "ucr_arrowhead", "ucr_osuleaf", "ucr_pickupgesture", "ucr_plaid"}
     # a file that states a rate contradicts a declared unknown rate
     import soundfile
 

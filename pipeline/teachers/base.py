@@ -128,12 +128,16 @@ def resample(values: np.ndarray, plan: RatePlan) -> np.ndarray:
     """Polyphase resampling along the last axis; the output has ceil(T * up / down) samples.
 
     The edges are padded by extending a fitted line (padtype="line"), so a series with a large offset or a
-    trend does not ramp to zero at its ends; a single sample is padded with its own value.
+    trend does not ramp to zero at its ends; a single sample is padded with its own value. Each row's mean is
+    taken out before filtering and put back after (float64): the polyphase filter leaves a ripple of about 6e-4
+    of whatever level it filters, which on a light curve at 1e4 +- 1 or EEG with a DC offset would be larger than
+    the signal; a constant now maps to the same constant.
     """
     if plan.mode != "resample":
         return values
     padtype = "line" if values.shape[-1] >= 2 else "mean"
-    out = scipy.signal.resample_poly(values, plan.up, plan.down, axis=-1, padtype=padtype)
+    level = values.mean(axis=-1, keepdims=True, dtype=np.float64)  # (..., 1)
+    out = scipy.signal.resample_poly(values - level, plan.up, plan.down, axis=-1, padtype=padtype) + level
     return out.astype(np.float32, copy=False)
 
 
