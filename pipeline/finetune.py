@@ -19,11 +19,14 @@ Out-of-Distribution"), per model, task and split:
    `head_lr` for the head, linear warm-up then cosine decay; `epochs` passes over the train fold, at most
    `max_steps` steps. The pretrained features move little under a head that already fits (LP-FT's point).
 4. Selection: the task's metric on the validation fold at step 0 and at `evaluations` evenly spaced steps; the
-   best step wins, ties going to the earlier one (so step 0, pure LP, wins unless fine-tuning does better).
-5. What is scored on the test split: if step 0 won, the probe refit on the whole train split (a ridge solve: the
-   frozen probe itself, so the fold's data is not wasted); otherwise the fine-tuned model as selected, trained on
-   the train fold only (refitting it on the whole split would double the cost and leave no check on its stopping
-   step).
+   best step wins, ties going to the earlier one, and a fine-tuned step only if it beats step 0 (pure LP) by
+   `min_gain`: a fine-tuned model is trained on the fold only and picked among several by the same small fold,
+   so a small validation gain mostly turns into a test loss (measured, README).
+5. What the test split scores: if step 0 won, the probe refit on the whole train split (a ridge solve: the
+   frozen probe itself, so the fold's series are not wasted); if a step s > 0 won, the fine-tuned model as
+   validated, trained on the train fold only. Refitting FT on the whole split to step s (`finetune(...,
+   val_rows=None, steps=, stop_at=)`) was measured and dropped: the refit trajectory is never validated, and on
+   the random-weight student it once fell from the probe's 0.80 to 0.41 binary F1 (gwosc_like, README).
 
 Scores are kept in ProbeResults (the probe table's code): means with the corrected resampled t intervals, and
 paired differences of finetune-distilled against finetune-scratch and against the frozen probes on the same splits
@@ -41,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 from sklearn.model_selection import ShuffleSplit, StratifiedKFold, StratifiedShuffleSplit, cross_val_predict
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
@@ -53,6 +56,7 @@ from pipeline.distill.loader import pad_series
 from pipeline.distill.train import learning_rate
 from pipeline.evaluate import ProbeResults, ProbeTask, load_task, probe_score, probe_splits, task_score
 from pipeline.student import STEPEncoder, STEPForClassification
+from pipeline.student.inputs import length_batches
 from schemas.params import FinetuneParams, Params
 
 log = logging.getLogger(__name__)
@@ -142,52 +146,146 @@ def classifier_for(encoder: STEPEncoder, task: ProbeTask, pooling: str) -> STEPF
     return model.eval()
 
 
-def predict(model: STEPForClassification, task: ProbeTask, rows: np.ndarray, batch_size: int) -> np.ndarray:
+class BlockInputs:
+    """Every series' `STEPForClassification.block_inputs` under one encoder, computed once (batched by length as
+    embed() batches): with `finetune.tune: blocks` the weights before the Transformer blocks stay frozen, so a
+    training step, a validation check and the frozen probe's embedding all start from these instead of from the
+    raw series (the patching, fine structure and front end of a 16,000-sample series cost far more than the
+    blocks over its ~60 tokens)."""
+
+    def __init__(self, model: STEPForClassification, task: ProbeTask, batch_size: int):
+        self.items: list[dict[str, torch.Tensor]] = [{} for _ in task.series]
+        model.eval()
+        for batch in length_batches([s.shape for s in task.series], batch_size, 2**24):
+            values, lengths = pad_series([task.series[i] for i in batch])  # (B, C, T), (B,)
+            for i, item in zip(batch, model.block_inputs(values, lengths, task.sampling_rate)):
+                self.items[i] = item
+
+    def batch(self, rows) -> dict[str, torch.Tensor | None]:
+        """Padded (B, C, N, D) tokens, (B, N) token_mask, (B, C, 2) statistics, (B, C, N, J + K) fine_structure."""
+        items = [self.items[r] for r in rows]
+        counts = [item["tokens"].shape[1] for item in items]
+        longest = max(counts)
+
+        def padded(key):
+            if items[0][key] is None:
+                return None
+            return torch.stack([F.pad(item[key], (0, 0, 0, longest - n)) for item, n in zip(items, counts)])
+
+        return {"tokens": padded("tokens"), "token_mask": torch.arange(longest) < torch.tensor(counts)[:, None],
+                "statistics": None if items[0]["statistics"] is None else torch.stack([i["statistics"] for i in items]),
+                "fine_structure": padded("fine_structure")}
+
+
+def forward_rows(model: STEPForClassification, task: ProbeTask, rows, cache: BlockInputs | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, num_labels) logits of the given series and the patching penalty: from the raw series (end to end) or,
+    with a cache, from their block inputs (no penalty: the patching is frozen)."""
+    if cache is None:
+        values, lengths = pad_series([task.series[r] for r in rows])  # (B, C, T), (B,)
+        out = model(values, lengths, sampling_rate=task.sampling_rate)
+        return out.logits, out.patching_loss
+    return model.head(model.embedding_from_block_inputs(**cache.batch(rows))), torch.zeros(())
+
+
+@torch.no_grad()
+def predict(model: STEPForClassification, task: ProbeTask, rows: np.ndarray, batch_size: int,
+            cache: BlockInputs | None = None) -> np.ndarray:
     """Class predictions (len(rows),) of the model (eval mode) on the given series."""
-    logits = model.predict_logits([task.series[r] for r in rows], task.sampling_rate, batch_size=batch_size)
-    return logits.argmax(axis=1)
+    if cache is None:
+        logits = model.predict_logits([task.series[r] for r in rows], task.sampling_rate, batch_size=batch_size)
+        return logits.argmax(axis=1)
+    model.eval()
+    return np.concatenate([forward_rows(model, task, rows[i: i + batch_size], cache)[0].argmax(dim=1).numpy()
+                           for i in range(0, len(rows), batch_size)])
 
 
-def finetune(start: STEPForClassification, task: ProbeTask, fit_rows: np.ndarray, val_rows: np.ndarray,
-             config: FinetuneParams, batch_size: int = 32) -> FinetuneRun:
-    """FT of a copy of `start` (encoder + LP head) on the train fold; returns the model of the step that scored
-    best on the validation fold (step 0 = `start` itself), ties going to the earlier step."""
+def frozen_embeddings(model: STEPForClassification, task: ProbeTask, batch_size: int, cache: BlockInputs | None
+                      ) -> np.ndarray:
+    """(n, width) embeddings of every series by the model's encoder as it is: embed()'s, or the same numbers
+    (to float rounding) from the cache."""
+    if cache is None:
+        return model.step.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling=model.pooling,
+                                keep_channels=model.montage_channels > 0)
+    with torch.no_grad():
+        return np.concatenate([model.embedding_from_block_inputs(**cache.batch(range(i, min(i + batch_size,
+                               len(task.series))))).numpy() for i in range(0, len(task.series), batch_size)])
+
+
+def trainable_encoder_parameters(model: STEPForClassification, tune: str) -> list[torch.nn.Parameter]:
+    """The encoder weights FT trains: all of them (`all`), or the Transformer blocks, the final LayerNorm and
+    the embedding projection (`blocks`), the others frozen (requires_grad off)."""
+    if tune == "all":
+        return list(model.step.parameters())
+    tuned = [model.step.blocks, model.step.final_norm, model.step.pooled_norm]
+    if model.step.embedding_projection is not None:
+        tuned.append(model.step.embedding_projection)
+    keep = {id(p) for module in tuned for p in module.parameters()}
+    for parameter in model.step.parameters():
+        parameter.requires_grad_(id(parameter) in keep)
+    return [p for p in model.step.parameters() if id(p) in keep]
+
+
+def budget(config: FinetuneParams, rows: int) -> int:
+    """Steps for a train fold of `rows` series: `epochs` passes over it, at most `max_steps`."""
+    return min(config.max_steps, math.ceil(config.epochs * rows / config.batch_size))
+
+
+def finetune(start: STEPForClassification, task: ProbeTask, fit_rows: np.ndarray, val_rows: np.ndarray | None,
+             config: FinetuneParams, batch_size: int = 32, cache: BlockInputs | None = None,
+             steps: int | None = None, stop_at: int | None = None) -> FinetuneRun:
+    """FT of a copy of `start` (encoder + LP head) on `fit_rows` over a schedule of `steps` (default: the budget
+    of `fit_rows`). With `val_rows`: returns the model of the step that scored best on them (step 0 = `start`
+    itself; a later step only if it beats step 0 by `config.min_gain`), ties going to the earlier step. Without: trains to `stop_at` (default `steps`) and returns that.
+    With `cache` (the block inputs of `start`'s encoder), `config.tune` must be `blocks`."""
+    if cache is not None and config.tune != "blocks":
+        raise ValueError(f"finetune.tune {config.tune!r}: block inputs can be cached only when the layers before "
+                         "the blocks are frozen (tune: blocks)")
     metric = task.entry.probe.metric
-    steps = min(config.max_steps, math.ceil(config.epochs * len(fit_rows) / config.batch_size))
-    checkpoints = {round(steps * (i + 1) / config.evaluations) for i in range(config.evaluations)} - {0}
-    val_truth = task.labels[val_rows]
-    best_score = task_score(val_truth, predict(start, task, val_rows, batch_size), metric)[0]
-    run = FinetuneRun(model=start, selected_step=0, steps=steps, validation={0: best_score})
+    steps = steps or budget(config, len(fit_rows))
+    stop_at = steps if stop_at is None else stop_at
+    checkpoints = set()
+    best_score = -1.0
+    run = FinetuneRun(model=start, selected_step=0, steps=steps)
+    if val_rows is not None:
+        checkpoints = {round(steps * (i + 1) / config.evaluations) for i in range(config.evaluations)} - {0}
+        val_truth = task.labels[val_rows]
+        best_score = task_score(val_truth, predict(start, task, val_rows, batch_size, cache), metric)[0]
+        run.validation[0] = best_score
 
     torch.manual_seed(config.seed)
     model = copy.deepcopy(start).train()
-    groups = [{"params": list(model.step.parameters()), "lr": config.encoder_lr, "peak": config.encoder_lr},
+    encoder_parameters = trainable_encoder_parameters(model, config.tune)
+    groups = [{"params": encoder_parameters, "lr": config.encoder_lr, "peak": config.encoder_lr},
               {"params": list(model.classifier.parameters()), "lr": config.head_lr, "peak": config.head_lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     parameters = [p for group in groups for p in group["params"]]
     warmup = round(config.warmup_fraction * steps)
     rng = np.random.default_rng(config.seed)
     order: list[int] = []
-    for step in range(steps):
+    for step in range(stop_at):
         if len(order) < config.batch_size:  # epochs of shuffled train-fold rows
             order += rng.permutation(fit_rows).tolist()
         batch, order = order[: config.batch_size], order[config.batch_size:]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, group["peak"], warmup, steps, 0.0)
-        values, lengths = pad_series([task.series[r] for r in batch])  # (B, C, T), (B,)
-        out = model(values, lengths, sampling_rate=task.sampling_rate, labels=torch.from_numpy(task.labels[batch]))
+        logits, patching_loss = forward_rows(model, task, batch, cache)
+        loss = F.cross_entropy(logits, torch.from_numpy(task.labels[batch]))
         optimizer.zero_grad(set_to_none=True)
-        (out.loss + out.patching_loss).backward()
+        (loss + patching_loss).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        run.losses.append(out.loss.item())
+        run.losses.append(loss.item())
         if step + 1 in checkpoints:
             model.eval()
-            score = task_score(val_truth, predict(model, task, val_rows, batch_size), metric)[0]
+            score = task_score(val_truth, predict(model, task, val_rows, batch_size, cache), metric)[0]
             run.validation[step + 1] = score
-            if score > best_score:
+            if score > best_score and score - run.validation[0] >= config.min_gain:
                 best_score, run.selected_step, run.model = score, step + 1, copy.deepcopy(model)
             model.train()
+    if val_rows is None:
+        run.model, run.selected_step = model, stop_at
+    run.model.requires_grad_(True).eval()
     return run
 
 
@@ -214,8 +312,9 @@ def run_finetune(params: Params) -> dict:
         metric = task.entry.probe.metric
         splits = probe_splits(task, config.splits, params.evaluate.seed)  # evaluate's first splits, the same
         for kind, encoder in starts.items():
-            frozen = encoder.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling=pooling,
-                                   keep_channels=task.entry.fixed_montage)  # (n, width), shared by the splits
+            template = classifier_for(encoder, task, pooling)
+            cache = BlockInputs(template, task, batch_size) if config.tune == "blocks" else None
+            frozen = frozen_embeddings(template, task, batch_size, cache)  # (n, width), shared by the splits
             for split, train in enumerate(splits):
                 ratio = (~train).sum() / train.sum()
                 test_rows = np.flatnonzero(~train)
@@ -228,19 +327,20 @@ def run_finetune(params: Params) -> dict:
                 num_labels = start.config.num_labels
                 start.load_state_dict(probe_head(frozen[fit_rows], task.labels[fit_rows], num_labels, alphas),
                                       strict=False)
-                run = finetune(start, task, fit_rows, val_rows, config, batch_size)
-                if run.selected_step == 0:  # pure LP won: the probe refit on the whole train split
-                    run.model.load_state_dict(probe_head(frozen[train], task.labels[train], num_labels, alphas),
-                                              strict=False)
-                    predicted = run.model.head(torch.from_numpy(frozen[test_rows])).argmax(dim=1).numpy()
+                run = finetune(start, task, fit_rows, val_rows, config, batch_size, cache)
+                final = run.model  # a fine-tuned step won: the model validated, as trained on the train fold
+                if run.selected_step == 0:  # pure LP won: the probe refit on the whole train split, the frozen probe
+                    final.load_state_dict(probe_head(frozen[train], task.labels[train], num_labels, alphas),
+                                          strict=False)
+                    predicted = final.head(torch.from_numpy(frozen[test_rows])).argmax(dim=1).numpy()
                 else:
-                    predicted = predict(run.model, task, test_rows, batch_size)
+                    predicted = predict(final, task, test_rows, batch_size, cache)
                 results.add(f"finetune-{kind}", task, *task_score(truth, predicted, metric), ratio)
                 selected.setdefault(f"finetune-{kind}", {}).setdefault(name, []).append(run.selected_step)
                 if split == 0:
                     curves[(f"finetune-{kind}", name)] = run
                     if kind == "distilled" and config.save_dir:
-                        run.model.save_pretrained(Path(config.save_dir) / name)
+                        final.save_pretrained(Path(config.save_dir) / name)
         log.info("%s (%.0f s): %s", name, time.perf_counter() - task_started,
                  {m: round(float(np.mean(s[name])), 3) for m, s in results.scores.items()})
     wall = time.perf_counter() - started

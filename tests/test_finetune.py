@@ -15,7 +15,8 @@ from sklearn.preprocessing import StandardScaler
 
 from pipeline.distill.loader import pad_series
 from pipeline.evaluate import ProbeTask, task_score
-from pipeline.finetune import classifier_for, finetune, predict, probe_head, validation_fold
+from pipeline.finetune import (BlockInputs, classifier_for, finetune, frozen_embeddings, predict, probe_head,
+                               validation_fold)
 from pipeline.student import STEPConfig, STEPEncoder, STEPForClassification
 from schemas.catalog import CatalogEntry
 from schemas.params import FinetuneParams
@@ -68,6 +69,9 @@ def test_the_heads_input_is_the_probes_embedding_differentiable(encoder, channel
     np.testing.assert_allclose(vectors.detach().numpy(), expected, rtol=1e-5, atol=1e-5)
     (vectors.sum() + penalty).backward()
     assert model.step.embedding_projection.weight.grad.abs().sum() > 0
+    cache = BlockInputs(model, task, batch_size=5)  # from the cached block inputs (tune: blocks): the same numbers
+    np.testing.assert_allclose(frozen_embeddings(model, task, 32, cache), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(frozen_embeddings(model, task, 32, None), expected)
 
 
 @pytest.mark.parametrize("classes", [2, 4])
@@ -109,7 +113,8 @@ def test_validation_fold_is_a_stratified_part_of_the_train_split():
     assert len(validation_fold(single, np.ones(11, bool), 0.3, seed=0)[1]) == 3
 
 
-def test_finetune_selects_the_step_by_validation_and_trains_a_copy(encoder):
+@pytest.mark.parametrize("tune", ["all", "blocks"])
+def test_finetune_selects_the_step_by_validation_and_trains_a_copy(encoder, tune):
     task = shapes_task(48)
     pooling = encoder.config.embedding_pooling
     fit, held_out = validation_fold(task.labels, task.train, 0.25, seed=0)
@@ -117,24 +122,42 @@ def test_finetune_selects_the_step_by_validation_and_trains_a_copy(encoder):
     start = classifier_for(encoder, task, pooling)
     start.load_state_dict(probe_head(frozen[fit], task.labels[fit], 3, ALPHAS), strict=False)
     before = {k: v.clone() for k, v in start.state_dict().items()}
-    config = FinetuneParams(epochs=3, max_steps=100, batch_size=8, evaluations=3, encoder_lr=1e-3, head_lr=3e-3)
-    run = finetune(start, task, fit, held_out, config)
+    config = FinetuneParams(epochs=3, max_steps=100, batch_size=8, evaluations=3, encoder_lr=1e-3, head_lr=3e-3,
+                            tune=tune, min_gain=0.0)
+    cache = BlockInputs(start, task, 32) if tune == "blocks" else None
+    run = finetune(start, task, fit, held_out, config, cache=cache)
 
     assert run.steps == int(np.ceil(3 * len(fit) / 8)) == len(run.losses)  # epochs over the train fold
     assert sorted(run.validation) == [0, run.steps // 3, 2 * run.steps // 3, run.steps]
     best = max(run.validation.values())
     assert run.selected_step == min(s for s, v in run.validation.items() if v == best)  # ties: the earlier step
     assert all(torch.equal(before[k], v) for k, v in start.state_dict().items())  # the start was not trained
-    score = task_score(task.labels[held_out], predict(run.model, task, held_out, 32), "macro_f1")[0]
+    score = task_score(task.labels[held_out], predict(run.model, task, held_out, 32, cache), "macro_f1")[0]
     assert score == run.validation[run.selected_step]  # the model returned is the one selected
     if run.selected_step:
-        assert not torch.equal(run.model.state_dict()["step.final_norm.weight"], before["step.final_norm.weight"])
+        state = run.model.state_dict()
+        assert not torch.equal(state["step.final_norm.weight"], before["step.final_norm.weight"])
+        frozen_part = torch.equal(state["step.front_end.conv1.weight"], before["step.front_end.conv1.weight"])
+        assert frozen_part == (tune == "blocks")  # `blocks` leaves the layers before the blocks as they were
     else:
         assert run.model is start
-    again = finetune(start, task, fit, held_out, config)
+    again = finetune(start, task, fit, held_out, config, cache=cache)
     assert again.losses == run.losses and again.validation == run.validation  # seeded
-    capped = finetune(start, task, fit, held_out, config.model_copy(update={"max_steps": 4, "evaluations": 2}))
+    capped = finetune(start, task, fit, held_out, config.model_copy(update={"max_steps": 4, "evaluations": 2}),
+                      cache=cache)
     assert capped.steps == 4 and sorted(capped.validation) == [0, 2, 4]
+    cautious = finetune(start, task, fit, held_out, config.model_copy(update={"min_gain": 0.05}), cache=cache)
+    assert cautious.validation == run.validation  # the same training; only the choice differs
+    gains = {s: v - run.validation[0] for s, v in run.validation.items() if s}
+    eligible = {s: run.validation[s] for s, gain in gains.items() if gain >= 0.05}
+    assert cautious.selected_step == (min(s for s, v in eligible.items() if v == max(eligible.values()))
+                                      if eligible else 0)
+    never = finetune(start, task, fit, held_out, config.model_copy(update={"min_gain": 1.0}), cache=cache)
+    assert never.selected_step == 0 and never.model is start  # no step can beat the probe by a whole F1 point
+    # the refit: no validation, the same schedule of run.steps stopped early, the same trajectory
+    refit = finetune(start, task, fit, None, config, cache=cache, steps=run.steps, stop_at=3)
+    assert refit.selected_step == 3 and refit.steps == run.steps and refit.losses == run.losses[:3]
+    assert refit.model is not start and not refit.validation
 
 
 def test_finetune_lowers_the_train_loss(encoder):
@@ -142,7 +165,8 @@ def test_finetune_lowers_the_train_loss(encoder):
     pooling = encoder.config.embedding_pooling
     fit, held_out = validation_fold(task.labels, task.train, 0.25, seed=0)
     start = classifier_for(encoder, task, pooling)  # an untrained head: the loss has room to fall
-    config = FinetuneParams(epochs=30, max_steps=80, batch_size=8, encoder_lr=1e-3, head_lr=1e-2, evaluations=1)
+    config = FinetuneParams(epochs=30, max_steps=80, batch_size=8, encoder_lr=1e-3, head_lr=1e-2, evaluations=1,
+                            tune="all")
     losses = finetune(start, task, fit, held_out, config).losses
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
 

@@ -646,6 +646,40 @@ class STEPForClassification(PreTrainedModel):
                                  keep_channels, out.statistics, out.fine_structure)
         return vectors, out.patching_loss
 
+    @torch.no_grad()
+    def block_inputs(self, values: torch.Tensor, lengths: torch.Tensor | None = None,
+                     sampling_rate: float | torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+        """Per series, what the Transformer blocks and the pooling read: `tokens` (C, N, D) the input of the first
+        block, `statistics` (C, 2), `fine_structure` (C, N, J + K); N the series' own token count. They depend only
+        on the weights before the blocks (patching, front end, input embeddings), so when those stay frozen they
+        are computed once and `embedding_from_block_inputs` gives the embedding at the cost of the blocks alone."""
+        captured = {}
+        hook = self.step.blocks[0].register_forward_pre_hook(lambda _, args: captured.update(tokens=args[0]))
+        try:
+            out = self.step(values, lengths, sampling_rate=sampling_rate, fixed_montage=self.montage_channels > 0)
+        finally:
+            hook.remove()
+        items = []
+        for b, count in enumerate(out.num_tokens.tolist()):
+            items.append({"tokens": captured["tokens"][b, :, :count],
+                          "statistics": None if out.statistics is None else out.statistics[b],
+                          "fine_structure": None if out.fine_structure is None else out.fine_structure[b, :, :count]})
+        return items
+
+    def embedding_from_block_inputs(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                                    statistics: torch.Tensor | None = None,
+                                    fine_structure: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, width) embeddings from a padded batch of `block_inputs` (tokens (B, C, N, D), token_mask (B, N)):
+        the blocks, final LayerNorm and pooling of STEPEncoder.forward and embed(), differentiable."""
+        hidden = tokens
+        for block in self.step.blocks:
+            hidden = block(hidden, token_mask)
+        hidden = self.step.final_norm(hidden) * token_mask[:, None, :, None]  # (B, C, N, D), 0 at padded tokens
+        if self.pooling == "pooled":
+            return self.step.pooled_norm(hidden.sum(dim=(1, 2)) / (token_mask.sum(dim=1) * hidden.shape[1])[:, None])
+        return pool_embedding(self.step.embedding_tokens(hidden), token_mask, self.pooling, self.montage_channels > 0,
+                              statistics, fine_structure)
+
     def head(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, width) embeddings -> (B, num_labels) logits: standardise with the fixed buffers, then Linear."""
         return self.classifier((embedding - self.embedding_mean) / self.embedding_scale)
