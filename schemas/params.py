@@ -232,8 +232,8 @@ class FinetuneParams(Section):
     """The paper's protocol, done as LP-FT (pipeline/finetune.py): a linear probe's head first, then the encoder
     fine-tuned end to end; the distilled student against the same architecture from random weights.
 
-    The default is sized for `dvc repro` (2 splits, a few minutes on 2 CPU cores); the `long` setting of the
-    README (splits: 10, max_steps: 240) gives tighter intervals at about 10 times the cost.
+    The default is sized for `dvc repro` (2 splits, ~4 minutes on 2 CPU cores); the `long` setting of the
+    README (splits: 10, evaluate's splits) gives the probe table's intervals; `tune: all` fine-tunes end to end.
     """
 
     datasets: list[str] | None = Field(None, description="Probe tasks (default: every probe data set).")

@@ -33,7 +33,8 @@ def relative_params() -> dict:
                           "reports_dir": "reports"}
     params["evaluate"]["reports_dir"] = "reports"
     params["finetune"]["reports_dir"] = "reports"
-    params["evaluate"]["seed"] = 0  # the finetune stage tracks it (the splits), so it must be spelled out
+    # the finetune stage tracks these (the splits, the probe's embedding and grid), so they must be spelled out
+    params["evaluate"] |= {"seed": 0, "pooling": None, "probe_alphas": [0.1, 1.0, 10.0], "batch_size": 32}
     return params
 
 
