@@ -199,11 +199,11 @@ def test_update_readme_fills_the_results_and_finetune_blocks(evaluated, tmp_path
     if not (root / "reports/finetune_metrics.json").exists():
         finetune_stage.run(str(params_path))
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nmiddle\n"
-                      "<!-- finetune:start -->\nold\n<!-- finetune:end -->\nend\n")
+    readme.write_text("# x\n<!-- results:start -->\nSTALE\n<!-- results:end -->\nmiddle\n"
+                      "<!-- finetune:start -->\nSTALE\n<!-- finetune:end -->\nend\n")
     update_readme(readme, root / "reports")
     text = readme.read_text()
-    assert "old" not in text and text.startswith("# x\n") and "\nmiddle\n" in text and text.endswith("end\n")
+    assert "STALE" not in text and text.startswith("# x\n") and "\nmiddle\n" in text and text.endswith("end\n")
     assert "| step-distilled |" in text and "validation loss at step 0" in text
     assert "| finetune-scratch |" in text and "steps of 4 series" in text
     readme.write_text("no markers")
