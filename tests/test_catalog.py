@@ -26,11 +26,22 @@ def file_entry(**source) -> CatalogEntry:
 
 def test_default_params_and_catalog_validate():
     params = load_params(ROOT / "params.yaml")
-    assert set(params.extract.teachers) == {"silero_vad", "fracast", "spectral"}
+    assert set(params.extract.teachers) == {"fracast", "spectral"}
     catalog = load_catalog(ROOT / "data_catalog" / "catalog.yaml")
     probes = [e for e in catalog.datasets if e.role == "probe"]
     assert len(probes) == 11  # the seven generated analogues and four real UCR sets
     assert any(e.name.startswith("pretrain_long") for e in catalog.datasets)
+
+
+def test_strong_params_validate_and_every_teacher_builds_offline():
+    """params-strong.yaml: every teacher's weights come from an installed wheel (or none are needed)."""
+    from pipeline.teachers import load_teacher
+
+    params = load_params(ROOT / "params-strong.yaml")
+    assert {"minirocket", "crepe", "resemblyzer"} <= set(params.extract.teachers)
+    for name, spec in params.extract.teachers.items():
+        teacher = load_teacher(name, spec.model_copy(update={"device": "cpu"} if hasattr(spec, "device") else {}))
+        assert teacher.feature_dim > 0
 
 
 def test_params_error_names_file_field_and_problem(tmp_path):

@@ -268,6 +268,18 @@ def test_window_kernel_activity_is_the_ppv_of_each_kernel_inside_each_window():
                 start, end = int(max(centre - stride, 0)), int(min(centre + stride, length))
                 expected = (output[:, start:end] > biases[d * 84 + k]).mean(axis=1) - 0.5
                 np.testing.assert_allclose(features[0, :, token, d * 84 + k].numpy(), expected, atol=1e-6)
+    # long strides count every floor(S / 32)-th position only: S = 200 -> every 6th
+    signal = torch.randn(1, 1, 3000, dtype=torch.float64)
+    features = window_kernel_activity(signal, torch.tensor([3000]), torch.tensor([200.0], dtype=torch.float64), 15,
+                                      config)  # (1, 1, 15, 168)
+    x = signal[0].numpy()
+    padded = np.pad(x, ((0, 0), (4, 4)))
+    output = sum(KERNELS[5, 0].numpy()[j] * padded[:, j : j + 3000] for j in range(9))  # dilation 1, kernel 5
+    for token in (0, 7, 14):
+        start, end = int(max((token + 0.5) * 200 - 200, 0)), int(min((token + 0.5) * 200 + 200, 3000))
+        counted = [p for p in range(start, end) if p % 6 == 0]
+        expected = (output[0, counted] > biases[5]).mean() - 0.5
+        assert features[0, 0, token, 5].item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_kernel_activity_enters_tokens_and_the_structure_embedding():

@@ -3,7 +3,8 @@
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from pipeline.student.configuration_step import PRESETS, STEPConfig
-from pipeline.student.modeling_step import STEPEncoder, STEPEncoderOutput, STEPForClassification
+from pipeline.student.classifier import STEPForClassification
+from pipeline.student.modeling_step import STEPEncoder, STEPEncoderOutput
 
 AutoConfig.register("step", STEPConfig)
 AutoModel.register(STEPConfig, STEPEncoder)

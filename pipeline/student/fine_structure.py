@@ -4,6 +4,7 @@ STEP, `structure_lags` and `structure_bands`): lag increments and (sub-)octave b
 import math
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.student.configuration_step import STEPConfig
 
@@ -118,24 +119,34 @@ def window_kernel_activity(
     Why: the resampled patch averages away what is faster than about 2 beta S / P samples, and the lag and band
     powers keep only energy per scale, not shape; these fixed kernels see every sample's local shape (a rise, a
     dip, a kink at each dilation), the representation MiniRocket classifies with. The output is the kernel over the
-    series with zeros beyond its ends (the reference's padding); per window, one prefix sum (`window_means`).
-    No gradient to the stride from here. One series at a time, so memory stays (C, 84, T) floats.
+    series with zeros beyond its ends (the reference's padding). The proportion is counted at every k-th position,
+    k = max(1, floor(S / 32)), so about 64 positions per window of 2 S samples: exact for short strides (S < 64, e.g.
+    every UCR series here), an unbiased estimate for long ones, and a cost that does not grow with T / N (a
+    131,072-sample segment costs about what a 4,096-sample one does). One prefix sum per dilation over the counted
+    positions (`window_means`); no gradient to the stride from here; one series at a time, so memory stays
+    (C, 84, T / k) floats.
     """
-    from pipeline.teachers.minirocket import NUM_KERNELS, convolve
+    from pipeline.teachers.minirocket import KERNELS, NUM_KERNELS
 
     # signal (B, C, T) float64, 0 beyond each length; lengths (B,); strides (B,) float64
     batch, channels, time = signal.shape
     dilations = config.structure_kernel_dilations
     biases = torch.zeros(len(dilations), NUM_KERNELS) if config.structure_kernel_biases is None else torch.tensor(
         config.structure_kernel_biases, dtype=torch.float32).view(len(dilations), NUM_KERNELS)
-    start, end = window_edges(lengths, strides, max_tokens, config)  # (B, N) each
+    start, end = window_edges(lengths, strides, max_tokens, config)  # (B, N) each, in samples
     features = signal.new_zeros(batch, channels, max_tokens, len(dilations) * NUM_KERNELS, dtype=torch.float32)
+    kernels = KERNELS.to(signal.device)
     for b in range(batch):
         length = int(lengths[b])
-        series = signal[b, :, :length].float()  # (C, T_b)
+        step = max(1, int(float(strides[b].detach()) // 32))  # count every step-th position
+        series = signal[b, :, :length].float()[:, None, :]  # (C, 1, T_b)
+        counted = -(-length // step)  # positions 0, step, 2 step, ... < length
+        first = -(-start[b : b + 1] // step)  # (1, N) first counted position of each window, in counted units
+        last = -(-end[b : b + 1] // step)  # (1, N) one past the last
         for d, dilation in enumerate(dilations):
-            above = (convolve(series, dilation) > biases[d].to(series.device)[None, :, None]).float()  # (C, 84, T_b)
-            ppv = window_means(above.flatten(0, 1)[None], lengths[b : b + 1], start[b : b + 1], end[b : b + 1])
+            output = F.conv1d(series, kernels, padding=4 * dilation, dilation=dilation, stride=step)  # (C, 84, T/k)
+            above = (output > biases[d].to(series.device)[None, :, None]).float()
+            ppv = window_means(above.flatten(0, 1)[None], torch.tensor([counted], device=signal.device), first, last)
             features[b, :, :, d * NUM_KERNELS : (d + 1) * NUM_KERNELS] = ppv[0].view(
                 channels, NUM_KERNELS, max_tokens).transpose(1, 2) - 0.5  # (C, N, 84)
     return features  # (B, C, N, 84 D)

@@ -9,6 +9,7 @@ Data flow for a batch of B series with C channels, padded on the right to T samp
       -> convolutional front end, the same for every channel                                       (B, C, N, D)
       -> + fine structure: log mean squared increment at lags 1, 2, 4, ... samples within each window  (B, C, N, D)
       -> + band powers: log power per (third) octave of frequency in each window's periodogram        (B, C, N, D)
+      -> + kernel activity: PPV of MiniRocket's 84 fixed kernels at a few dilations in each window    (B, C, N, D)
       -> + signed-log mean and std of the channel (the statistics taken out above)                 (B, C, N, D)
       -> + channel identity, only for a fixed montage and only if the config has some              (B, C, N, D)
       -> + sinusoidal positions along time
@@ -35,7 +36,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from pipeline.student.configuration_step import STEPConfig
-from pipeline.student.fine_structure import window_band_powers, window_structure
+from pipeline.student.fine_structure import window_band_powers, window_kernel_activity, window_structure
 from pipeline.student.inputs import length_batches, validate_series
 from pipeline.student.pooling import check_pooling, pool_embedding
 
@@ -51,8 +52,9 @@ class STEPEncoderOutput(ModelOutput):
     patching_loss: () weighted Huber penalties of the adaptive stride (0 when N is forced or patching is fixed).
     strides: (batch,) stride S in samples that was used.
     num_tokens: (batch,) number of valid tokens N.
-    fine_structure: (batch, channels, tokens, J + K) each token's lag increments and band powers, the
-        inputs `window_structure` and `window_band_powers` computed (None when both are off).
+    fine_structure: (batch, channels, tokens, J + K + 84 D) each token's lag increments, band powers and kernel
+        activities, the inputs `window_structure`, `window_band_powers` and `window_kernel_activity` computed (None
+        when all are off).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -345,6 +347,9 @@ class STEPEncoder(PreTrainedModel):
         # Linear(K, D) on each token's band powers (window_band_powers), added likewise
         self.band_embedding = (nn.Linear(config.structure_bands, config.hidden_size) if config.structure_bands
                                else None)
+        # Linear(84 D, D) on each token's fixed-kernel activities (window_kernel_activity), added likewise
+        kernels = 84 * len(config.structure_kernel_dilations or [])
+        self.kernel_embedding = nn.Linear(kernels, config.hidden_size) if kernels else None
         # one learned vector per channel index of a fixed montage, added to every token of that channel
         self.channel_embedding = (nn.Embedding(config.montage_channels, config.hidden_size)
                                   if config.montage_channels else None)
@@ -366,7 +371,8 @@ class STEPEncoder(PreTrainedModel):
             for layer in (module.conv1, module.conv2, module.conv3, module.projection):
                 init.kaiming_normal_(layer.weight, nonlinearity="relu")
         if isinstance(module, STEPEncoder):
-            for layer in (module.statistics_embedding, module.structure_embedding, module.band_embedding):
+            for layer in (module.statistics_embedding, module.structure_embedding, module.band_embedding,
+                          module.kernel_embedding):
                 if layer is not None:
                     init.kaiming_normal_(layer.weight, nonlinearity="linear")
             if module.channel_embedding is not None:
@@ -432,6 +438,9 @@ class STEPEncoder(PreTrainedModel):
         bands = None
         if self.band_embedding is not None:
             bands = window_band_powers(signal, lengths, strides, num_tokens, config)  # (B, C, N, K)
+        kernels = None
+        if self.kernel_embedding is not None:
+            kernels = window_kernel_activity(signal, lengths, strides, max_tokens, config)  # (B, C, N, 84 D)
         del signal
         token_mask = torch.arange(max_tokens, device=device) < num_tokens[:, None]  # (B, N)
 
@@ -441,8 +450,10 @@ class STEPEncoder(PreTrainedModel):
             hidden = hidden + self.structure_embedding(structure)  # (B, C, N, D)
         if bands is not None:
             hidden = hidden + self.band_embedding(bands)  # (B, C, N, D)
-        fine_structure = [f for f in (structure, bands) if f is not None]
-        fine_structure = torch.cat(fine_structure, dim=-1) if fine_structure else None  # (B, C, N, J + K)
+        if kernels is not None:
+            hidden = hidden + self.kernel_embedding(kernels)  # (B, C, N, D)
+        fine_structure = [f for f in (structure, bands, kernels) if f is not None]
+        fine_structure = torch.cat(fine_structure, dim=-1) if fine_structure else None  # (B, C, N, J + K + 84 D)
         if statistics is not None:
             hidden = hidden + self.statistics_embedding(statistics)[:, :, None, :]  # (B, C, 1, D) broadcast
         if fixed_montage and self.channel_embedding is not None:
@@ -564,142 +575,3 @@ def check_inputs(
         if int(num_tokens.min()) < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens.tolist()}")
     return batch, channels, time
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Classification: the encoder with a linear head on its embedding (what pipeline/finetune.py trains and saves)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def embedding_width(config: STEPConfig, pooling: str) -> int:
-    """Width of one channel's embedding under `pooling` (what embed() returns per channel)."""
-    if pooling == "pooled":
-        return config.hidden_size
-    token_width = config.embedding_size or config.hidden_size
-    widths = {"mean": token_width, "std": token_width, "max": token_width, "stats": 2,
-              "structure": 3 * (config.structure_lags + config.structure_bands)}
-    return sum(widths[part] for part in check_pooling(pooling))
-
-
-@dataclass
-class STEPClassifierOutput(ModelOutput):
-    """What STEPForClassification returns.
-
-    loss: () cross-entropy of the logits against `labels` (None without labels).
-    logits: (batch, num_labels).
-    embedding: (batch, width) the vector the head read (embed()'s, differentiable).
-    patching_loss: () the encoder's adaptive-patching penalty (add it to the loss when training).
-    """
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    embedding: torch.Tensor | None = None
-    patching_loss: torch.Tensor | None = None
-
-
-class STEPForClassification(PreTrainedModel):
-    """The STEP encoder with a linear head on the very embedding `STEPEncoder.embed()` returns.
-
-    The head reads the vector a linear probe reads (pooled token projections, series statistics, fine-structure
-    vectors, per `config.classifier_pooling`, default `config.embedding_pooling`), standardised by two fixed
-    buffers (a probe's scaler: `embedding_mean`, `embedding_scale`), then Linear(width, num_labels). Fine-tuning
-    (pipeline/finetune.py) starts it from a probe's solution, so its first predictions are the probe's.
-    `config.classifier_channels` > 0: series of a fixed montage of that many channels, whose per-channel vectors
-    are concatenated in channel order (as evaluation does for such a task); 0: channels are averaged.
-
-    Saved like the encoder (config.json + model.safetensors); the encoder's weights sit under `step.`, so
-    `STEPEncoder.from_pretrained` (or AutoModel) on a saved classifier gives its fine-tuned encoder, and
-    AutoModelForSequenceClassification gives the whole classifier.
-    """
-
-    config_class = STEPConfig
-    base_model_prefix = "step"
-    main_input_name = "values"
-
-    def __init__(self, config: STEPConfig):
-        super().__init__(config)
-        self.pooling = getattr(config, "classifier_pooling", None) or config.embedding_pooling
-        self.montage_channels = int(getattr(config, "classifier_channels", 0) or 0)
-        width = embedding_width(config, self.pooling) * max(1, self.montage_channels)
-        self.step = STEPEncoder(config)
-        self.register_buffer("embedding_mean", torch.zeros(width))
-        self.register_buffer("embedding_scale", torch.ones(width))
-        self.classifier = nn.Linear(width, config.num_labels)
-        self.post_init()
-
-    def _init_weights(self, module: nn.Module):
-        """The encoder's initialisation for its modules; normal(initializer_range) for the head."""
-        self.step._init_weights(module)
-
-    def embedding(self, values: torch.Tensor, lengths: torch.Tensor | None = None,
-                  sampling_rate: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, width) embeddings of a padded batch, differentiable, and the patching penalty; in eval mode the
-        numbers `self.step.embed()` gives for the same series (tested)."""
-        keep_channels = self.montage_channels > 0
-        if keep_channels and values.shape[1] != self.montage_channels:
-            raise ValueError(f"this classifier reads a fixed montage of {self.montage_channels} channels, got "
-                             f"{values.shape[1]}")
-        out = self.step(values, lengths, sampling_rate=sampling_rate, fixed_montage=keep_channels)
-        if self.pooling == "pooled":
-            return out.pooled, out.patching_loss
-        vectors = pool_embedding(self.step.embedding_tokens(out.last_hidden_state), out.token_mask, self.pooling,
-                                 keep_channels, out.statistics, out.fine_structure)
-        return vectors, out.patching_loss
-
-    @torch.no_grad()
-    def block_inputs(self, values: torch.Tensor, lengths: torch.Tensor | None = None,
-                     sampling_rate: float | torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
-        """Per series, what the Transformer blocks and the pooling read: `tokens` (C, N, D) the input of the first
-        block, `statistics` (C, 2), `fine_structure` (C, N, J + K); N the series' own token count. They depend only
-        on the weights before the blocks (patching, front end, input embeddings), so when those stay frozen they
-        are computed once and `embedding_from_block_inputs` gives the embedding at the cost of the blocks alone."""
-        captured = {}
-        hook = self.step.blocks[0].register_forward_pre_hook(lambda _, args: captured.update(tokens=args[0]))
-        try:
-            out = self.step(values, lengths, sampling_rate=sampling_rate, fixed_montage=self.montage_channels > 0)
-        finally:
-            hook.remove()
-        items = []
-        for b, count in enumerate(out.num_tokens.tolist()):
-            items.append({"tokens": captured["tokens"][b, :, :count],
-                          "statistics": None if out.statistics is None else out.statistics[b],
-                          "fine_structure": None if out.fine_structure is None else out.fine_structure[b, :, :count]})
-        return items
-
-    def embedding_from_block_inputs(self, tokens: torch.Tensor, token_mask: torch.Tensor,
-                                    statistics: torch.Tensor | None = None,
-                                    fine_structure: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, width) embeddings from a padded batch of `block_inputs` (tokens (B, C, N, D), token_mask (B, N)):
-        the blocks, final LayerNorm and pooling of STEPEncoder.forward and embed(), differentiable."""
-        hidden = tokens
-        for block in self.step.blocks:
-            hidden = block(hidden, token_mask)
-        hidden = self.step.final_norm(hidden) * token_mask[:, None, :, None]  # (B, C, N, D), 0 at padded tokens
-        if self.pooling == "pooled":
-            return self.step.pooled_norm(hidden.sum(dim=(1, 2)) / (token_mask.sum(dim=1) * hidden.shape[1])[:, None])
-        return pool_embedding(self.step.embedding_tokens(hidden), token_mask, self.pooling, self.montage_channels > 0,
-                              statistics, fine_structure)
-
-    def head(self, embedding: torch.Tensor) -> torch.Tensor:
-        """(B, width) embeddings -> (B, num_labels) logits: standardise with the fixed buffers, then Linear."""
-        return self.classifier((embedding - self.embedding_mean) / self.embedding_scale)
-
-    def forward(self, values: torch.Tensor, lengths: torch.Tensor | None = None,
-                sampling_rate: float | torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> STEPClassifierOutput:
-        """values (B, C, T) padded on the right, lengths (B,), sampling_rate as for STEPEncoder; labels (B,) long
-        class indices give the cross-entropy loss."""
-        embedding, patching_loss = self.embedding(values, lengths, sampling_rate)
-        logits = self.head(embedding)
-        loss = None if labels is None else F.cross_entropy(logits, labels.to(logits.device).long())
-        return STEPClassifierOutput(loss=loss, logits=logits, embedding=embedding, patching_loss=patching_loss)
-
-    @torch.inference_mode()
-    def predict_logits(self, series: Sequence[np.ndarray],
-                       sampling_rate: float | Sequence[float | None] | np.ndarray | None = None,
-                       batch_size: int = 32) -> np.ndarray:
-        """(n, num_labels) float32 logits of arrays shaped (time,) or (channels, time), batched as embed() does
-        (eval mode); argmax gives the class index (config.id2label names it)."""
-        embeddings = self.step.embed(series, sampling_rate, batch_size=batch_size, pooling=self.pooling,
-                                     keep_channels=self.montage_channels > 0)
-        return self.head(torch.from_numpy(embeddings).to(self.device)).float().cpu().numpy()

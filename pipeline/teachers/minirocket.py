@@ -78,8 +78,20 @@ def convolve(x: torch.Tensor, dilation: int) -> torch.Tensor:
 
 
 def proportion_above(outputs: torch.Tensor, biases: torch.Tensor) -> torch.Tensor:
-    """PPV: (n, k, L) outputs, (k, F) biases -> (n, k, F) fraction of the L positions above each bias."""
-    return torch.stack([(outputs > biases[None, :, f, None]).float().mean(-1) for f in range(biases.shape[-1])], -1)
+    """PPV: (n, k, L) outputs, (k, F) biases -> (n, k, F) fraction of the L positions above each bias.
+
+    One pass whatever F: each position's rank among the kernel's sorted biases (a binary search), a histogram of
+    the ranks, and suffix sums of it (positions above the j-th smallest bias are those ranked above j)."""
+    n, k, length = outputs.shape
+    order = biases.argsort(dim=-1)  # (k, F)
+    ordered = biases.gather(-1, order).contiguous()  # (k, F) ascending
+    # rank = number of biases strictly below the output: output > ordered[j] exactly when j < rank
+    rank = torch.searchsorted(ordered.expand(n, k, -1).contiguous(), outputs.contiguous())  # (n, k, L)
+    counts = torch.zeros(n * k, biases.shape[-1] + 1, dtype=outputs.dtype, device=outputs.device)
+    ones = torch.ones(n * k, length, dtype=counts.dtype, device=counts.device)
+    counts.scatter_add_(1, rank.view(n * k, length), ones)  # (n k, F + 1) positions per rank
+    above = counts.flip(-1).cumsum(-1).flip(-1)[:, 1:].view(n, k, -1)  # (n, k, F): ranks > j, sorted bias order
+    return torch.empty_like(above).scatter_(-1, order.expand(n, k, -1), above) / length
 
 
 class MiniRocket:
@@ -127,10 +139,12 @@ class MiniRocket:
         return torch.einsum("nckl,kc->nkl", per_channel, torch.from_numpy(self.channel_masks[d]))
 
     @torch.no_grad()
-    def transform(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """(n, C, L) -> (n, num_features) PPV features, in the reference's order (dilation, kernel, bias)."""
+    def transform(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """(n, C, L) -> (n, num_features) PPV features, in the reference's order (dilation, kernel, bias).
+        batch_size None: as many series as keep one batch's outputs near 2^24 numbers."""
         out = []
         values = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        batch_size = batch_size or max(1, 2**24 // (NUM_KERNELS * x.shape[1] * x.shape[2]))
         for batch in values.split(batch_size):
             features = []
             for d, dilation in enumerate(self.dilations):
