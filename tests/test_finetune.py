@@ -123,7 +123,7 @@ def test_finetune_selects_the_step_by_validation_and_trains_a_copy(encoder, tune
     start.load_state_dict(probe_head(frozen[fit], task.labels[fit], 3, ALPHAS), strict=False)
     before = {k: v.clone() for k, v in start.state_dict().items()}
     config = FinetuneParams(epochs=3, max_steps=100, batch_size=8, evaluations=3, encoder_lr=1e-3, head_lr=3e-3,
-                            tune=tune, min_gain=0.0)
+                            tune=tune, min_gain=0.0, min_validation=1)
     cache = BlockInputs(start, task, 32) if tune == "blocks" else None
     run = finetune(start, task, fit, held_out, config, cache=cache)
 
@@ -154,6 +154,8 @@ def test_finetune_selects_the_step_by_validation_and_trains_a_copy(encoder, tune
                                       if eligible else 0)
     never = finetune(start, task, fit, held_out, config.model_copy(update={"min_gain": 1.0}), cache=cache)
     assert never.selected_step == 0 and never.model is start  # no step can beat the probe by a whole F1 point
+    too_few = finetune(start, task, fit, held_out, config.model_copy(update={"min_validation": len(held_out) + 1}))
+    assert too_few.model is start and too_few.steps == 0 and not too_few.losses  # the probe kept, no FT run
     # the refit: no validation, the same schedule of run.steps stopped early, the same trajectory
     refit = finetune(start, task, fit, None, config, cache=cache, steps=run.steps, stop_at=3)
     assert refit.selected_step == 3 and refit.steps == run.steps and refit.losses == run.losses[:3]
@@ -166,7 +168,7 @@ def test_finetune_lowers_the_train_loss(encoder):
     fit, held_out = validation_fold(task.labels, task.train, 0.25, seed=0)
     start = classifier_for(encoder, task, pooling)  # an untrained head: the loss has room to fall
     config = FinetuneParams(epochs=30, max_steps=80, batch_size=8, encoder_lr=1e-3, head_lr=1e-2, evaluations=1,
-                            tune="all")
+                            tune="all", min_validation=1)
     losses = finetune(start, task, fit, held_out, config).losses
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
 
@@ -212,7 +214,7 @@ def test_finetune_stage_reports_both_models_and_the_probes_on_the_same_splits(di
     root, params_path = distilled_project
     params = yaml.safe_load(Path(params_path).read_text())
     params["finetune"] |= {"splits": 2, "reports_dir": str(tmp_path / "reports"), "save_dir": str(tmp_path / "models"),
-                           "datasets": ["probe_sleep", "probe_real"]}
+                           "datasets": ["probe_sleep", "probe_real"], "min_validation": 1, "min_gain": 0.0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     metrics = finetune_stage.run(str(tmp_path / "params.yaml"))
 
