@@ -12,7 +12,9 @@ Models compared under one protocol:
 - `baseline-minirocket`: MiniRocket (pipeline.teachers.minirocket, the published transform, 10,000 features) on
   the whole series: the classical anchor practitioners reach for. Its biases are fitted once per task on the
   declared train split (series only, no labels; the reference fits them on the train set too), every series is
-  linearly resampled to the task's longest length (as aeon users do with ragged sets), then the same probe;
+  linearly resampled to the task's longest length (as aeon users do with ragged sets), at most
+  `evaluate.minirocket_max_length` (4096: gwosc_like and marmaudio_like, 16,384 samples, are halved twice), then
+  the same probe;
 - `baseline-structure`: the distilled student's fine-structure inputs alone (lag increments and octave band
   powers of each token's window, mean/std/max over tokens): what the student's network adds is the gap to it.
 The paper's other protocol (fine-tuning against training from scratch) is `pipeline.finetune`.
@@ -205,17 +207,18 @@ def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, ra
     embeddings["baseline-stats"] = np.stack([baseline_features(s, rate) for s in task.series])
     if params.evaluate.minirocket_features:
         embeddings["baseline-minirocket"] = minirocket_embeddings(task, params.evaluate.minirocket_features,
-                                                                  params.evaluate.seed)
+                                                                  params.evaluate.seed,
+                                                                  params.evaluate.minirocket_max_length)
     if has_structure:  # the teachers' vectors already, unless a montage keeps channels apart
         embeddings["baseline-structure"] = structure if not keep_channels else distilled.embed(
             task.series, task.sampling_rate, batch_size=batch_size, pooling="structure", keep_channels=True)
     return embeddings
 
 
-def minirocket_embeddings(task: ProbeTask, num_features: int, seed: int) -> np.ndarray:
-    """(n, ~num_features) MiniRocket features of every series of the task, each resampled to the longest length;
-    fitted (dilations, biases: no labels) on the declared train split."""
-    length = max(values.shape[1] for values in task.series)
+def minirocket_embeddings(task: ProbeTask, num_features: int, seed: int, max_length: int | None = None) -> np.ndarray:
+    """(n, ~num_features) MiniRocket features of every series of the task, each resampled to the longest length (at
+    most `max_length`); fitted (dilations, biases: no labels) on the declared train split."""
+    length = min(max(values.shape[1] for values in task.series), max_length or np.inf)
     grid = np.linspace(0.0, 1.0, length)
     x = np.stack([values if values.shape[1] == length else
                   np.stack([np.interp(grid, np.linspace(0.0, 1.0, values.shape[1]), channel) for channel in values])

@@ -224,6 +224,17 @@ class EvaluateParams(Section):
         "teachers then get the mean). None: the distilled model's config.embedding_pooling.",
     )
     batch_size: int = Field(32, ge=1, description="Embedding batch size.")
+    minirocket_features: int = Field(
+        10_000, ge=0,
+        description="Features of the `baseline-minirocket` row (MiniRocket on the whole series, the anchor users "
+        "would pick instead; the paper's 10,000); 0 leaves the row out.",
+    )
+    minirocket_max_length: int = Field(
+        4096, ge=16,
+        description="Series longer than this are linearly resampled to it for the `baseline-minirocket` row (its cost "
+        "grows with length x features: 10,000 features over 400 series of 16,384 samples take ~8 minutes on one CPU "
+        "core); shorter sets are resampled to their own longest length.",
+    )
     seed: int = Field(0, description="Seed of the random-weight student and of the resplits.")
     reports_dir: str = Field("reports", description="Where metrics, tables and plots are written.")
 

@@ -95,7 +95,7 @@ def test_constant_zero_one_sample_integer_and_boolean_series_give_finite_feature
             assert np.isfinite(features[row, :n]).all(), f"{teacher}: {ids[row]} has non-finite features"
     embeddings = tiny_student.embed([s.values for s in reader])
     # mean+std+max (hidden 32), stats (2), structure (mean, std, max of 8 lags + 8 bands)
-    assert embeddings.shape == (len(series), 3 * 32 + 2 + 3 * 16) and np.isfinite(embeddings).all()
+    assert embeddings.shape == (len(series), 3 * 32 + 2 + 3 * (16 + 3 * 84)) and np.isfinite(embeddings).all()
     record(bad_inputs=len(series))
 
 

@@ -66,8 +66,9 @@ def test_embed_file_and_dataset(tmp_path):
                                  "--stacked", "--output", str(tmp_path / "x.zarr")])
     assert result.exit_code == 0, result.output
     ds = xr.open_zarr(tmp_path / "x.zarr", consolidated=True)
-    # default pooling: mean+std+max (hidden 32), stats (2), structure (mean, std, max of 8 lags + 8 bands)
-    assert ds["embedding"].shape == (5, 3 * 32 + 2 + 3 * 16) and np.isfinite(ds["embedding"].values).all()
+    # default pooling: mean+std+max (embedding 32), stats (2), structure (mean, std, max of 8 lags, 8 bands, 3 x 84 kernels)
+    assert ds["embedding"].shape == (5, 3 * 32 + 2 + 3 * (16 + 3 * 84))  # tokens, stats, lags + bands + kernels
+    assert np.isfinite(ds["embedding"].values).all()
     result = runner.invoke(app, ["embed", "--model", str(model_dir), "--input", str(tmp_path / "x.npy"),
                                  "--output", str(tmp_path / "x3.zarr")])
     assert result.exit_code == 2 and "pass --stacked" in result.output  # a 3-D array is never one series

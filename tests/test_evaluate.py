@@ -228,3 +228,5 @@ def test_minirocket_row_fits_on_the_declared_train_split_of_series_resampled_to_
     assert fitted_on[0].shape == (3, 2, 64)  # the three train series, at the longest length
     np.testing.assert_allclose(fitted_on[0][1], series[1])  # a series already at that length is kept as it is
     np.testing.assert_allclose(fitted_on[0][0][:, [0, -1]], series[0][:, [0, -1]], rtol=1e-6)  # ends kept
+    evaluation.minirocket_embeddings(task, 840, seed=0, max_length=48)  # long sets are resampled to the cap
+    assert fitted_on[1].shape == (3, 2, 48)

@@ -178,6 +178,20 @@ def test_window_structure_is_the_mean_squared_increment_inside_each_window():
             np.testing.assert_allclose(features[0, :, token, j].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_window_structure_of_a_short_series_does_not_depend_on_the_batch_padding():
+    """Lags at or beyond the batch's padded length read the floor, as lags beyond a series' own length do, so a
+    40-sample series gets the same structure alone as beside a 300-sample one (lag 64 and 128 exceed both 40 and
+    the lone batch's T)."""
+    config = STEPConfig(**TINY, structure_lags=8)
+    short = torch.randn(1, 1, 40, dtype=torch.float64)
+    alone = window_structure(short, torch.tensor([40]), torch.tensor([4.0], dtype=torch.float64), 10, config)
+    batch = torch.zeros(2, 1, 300, dtype=torch.float64)
+    batch[0, :, :40], batch[1] = short[0], torch.randn(1, 300, dtype=torch.float64)
+    padded = window_structure(batch, torch.tensor([40, 300]), torch.tensor([4.0, 30.0], dtype=torch.float64), 10,
+                              config)
+    torch.testing.assert_close(padded[:1], alone)
+
+
 def test_window_structure_sees_what_resampling_averages_away():
     """A Nyquist-rate oscillation disappears from the P-point patches of long windows, not from the structure."""
     config = STEPConfig(**TINY, structure_lags=3)

@@ -28,8 +28,8 @@ def window_structure(
     features = []
     for j in range(config.structure_lags):
         lag = 2**j
-        if lag >= time:  # no pair of samples this far apart in the batch
-            features.append(signal.new_zeros(batch, channels, max_tokens))
+        if lag >= time:  # no pair of samples this far apart in the batch: the floor, as window_means' empty windows
+            features.append(signal.new_full((batch, channels, max_tokens), math.log(1e-6) / 8))
             continue
         squared = (signal[..., lag:] - signal[..., :-lag]).square_()  # (B, C, T - lag), pair (t, t + lag)
         # pairs starting inside the window whose second sample is still in the series
