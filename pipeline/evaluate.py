@@ -9,7 +9,7 @@ Models compared under one protocol:
 - `teachers:all`: every teacher's pooled row side by side (the statistics once per teacher, the fine-structure
   vectors once): what the teachers know together, roughly what distillation can at most hand on;
 - `baseline-stats`: per-channel mean/std/log-variance/band powers (data_catalog.baseline), a classical floor;
-- `baseline-minirocket`: MiniRocket (pipeline.teachers.minirocket, the published transform, 10,000 features) on
+- `baseline-minirocket`: MiniRocket (pipeline.minirocket, the published transform, 10,000 features) on
   the whole series: the classical anchor practitioners reach for. Its biases are fitted once per task on the
   declared train split (series only, no labels; the reference fits them on the train set too), every series is
   linearly resampled to the task's longest length (as aeon users do with ragged sets), at most
@@ -57,10 +57,10 @@ from tqdm import tqdm
 from data_catalog.baseline import baseline_features
 from data_catalog.catalog import load_catalog, open_reader
 from pipeline.feature_store import FeatureStore, store_location
+from pipeline.minirocket import MiniRocket
 from pipeline.student import STEPEncoder
 from pipeline.student.modeling_step import series_statistics
 from pipeline.student.pooling import check_pooling, pool_embedding
-from pipeline.teachers.minirocket import MiniRocket
 from schemas.catalog import CatalogEntry, GeneratorSource
 from schemas.params import Params
 

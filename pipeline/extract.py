@@ -200,33 +200,20 @@ def write_chunks_here(teacher: TeacherAdapter, store: FeatureStore, new_groups: 
     return writer.seconds_writing
 
 
-def corpus_sample(catalog: Catalog, params: Params, count: int, purpose: str) -> list[np.ndarray]:
-    """`count` segments evenly spaced over every pretraining data set's segments, (channels, T) each: a fixed
-    sample of the corpus for constants fitted on data (MiniRocket's biases), whatever `extract.datasets` selects."""
-    entries = [entry for entry in catalog.datasets if entry.role == "pretrain"]
-    corpus = segment_datasets(entries, catalog, params.prepare.series_store, params.segments.max_samples)
-    segments = [(values, segment) for dataset in corpus for values in [SegmentValues(dataset.reader)]
-                for segment in dataset.segments]
-    if not segments:
-        raise DataError(f"{purpose} is fitted on the pretraining corpus, and the catalog has no data set with "
-                        "role: pretrain")
-    picks = np.unique(np.linspace(0, len(segments) - 1, min(count, len(segments))).round().astype(int))
-    return [segments[i][0](segments[i][1]) for i in picks]
-
-
 def fitted_on_corpus(name: str, spec: TeacherSpec, catalog: Catalog, params: Params) -> TeacherSpec:
     """The spec with its data-fitted constants filled in: MiniRocket's biases, from a fixed sample of the catalog's
-    pretraining corpus (`corpus_sample`), before any store is written (other kinds are returned as they are).
+    pretraining corpus (`pipeline.minirocket.corpus_sample`), before any store is written (other kinds are returned as they are).
 
     The same corpus always gives the same biases, so a resumed or repeated extraction matches its store, and a
     store fitted on another corpus is refused (the biases' hash is in its manifest).
     """
     if spec.kind != "minirocket" or spec.biases is not None:
         return spec
-    from pipeline.teachers.minirocket import fit_corpus_biases
+    from pipeline.minirocket import corpus_sample, fit_corpus_biases
 
     started = time.perf_counter()
-    sample = corpus_sample(catalog, params, spec.fit_series, f"teacher {name!r}'s MiniRocket biases")
+    sample = corpus_sample(catalog, params.prepare.series_store, params.segments.max_samples, spec.fit_series,
+                           f"teacher {name!r}'s MiniRocket biases")
     biases = fit_corpus_biases(spec, sample)
     log.info("%s: MiniRocket biases fitted on %d corpus segments in %.1f s", name, len(sample),
              time.perf_counter() - started)

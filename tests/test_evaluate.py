@@ -214,7 +214,7 @@ def test_update_readme_fills_the_results_and_finetune_blocks(evaluated, tmp_path
 def test_minirocket_row_fits_on_the_declared_train_split_of_series_resampled_to_one_length(monkeypatch):
     """baseline-minirocket: ragged series are resampled to the longest length, the transform is fitted (biases, no
     labels) on the declared train split only, and every series is transformed."""
-    from pipeline.teachers import minirocket
+    from pipeline import minirocket
 
     rng = np.random.default_rng(0)
     series = [rng.normal(size=(2, n)).astype(np.float32) for n in (40, 64, 50, 64, 33, 64)]

@@ -1,4 +1,4 @@
-"""MiniRocket (pipeline/teachers/minirocket.py): the published transform against the reference algorithm and aeon's
+"""MiniRocket (pipeline/minirocket.py and the teacher in pipeline/teachers/minirocket.py): the published transform against the reference algorithm and aeon's
 published accuracy, and the per-token teacher (token grid, scale-freedom, corpus-fitted biases in extraction)."""
 
 from itertools import combinations
@@ -12,8 +12,7 @@ from sklearn.linear_model import RidgeClassifierCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.teachers import load_teacher
-from pipeline.teachers.minirocket import (
+from pipeline.minirocket import (
     KERNELS,
     NUM_KERNELS,
     MiniRocket,
@@ -22,6 +21,7 @@ from pipeline.teachers.minirocket import (
     fit_dilations,
     proportion_above,
 )
+from pipeline.teachers import load_teacher
 from schemas.teachers import MiniRocketTeacher
 
 UCR = Path(__file__).resolve().parents[1] / "data_catalog" / "ucr"
@@ -186,3 +186,13 @@ def test_extraction_fits_biases_on_the_corpus_and_refuses_a_store_fitted_otherwi
     params_path.write_text(yaml.safe_dump(params))
     with pytest.raises(Exception, match="weights_sha256"):
         extract.run(str(params_path))
+
+
+def test_corpus_standardisation_is_the_teachers():
+    """The biases are fitted on what the teacher sees: standardized_rows equals base.standardized."""
+    from pipeline.minirocket import standardized_rows
+    from pipeline.teachers.base import standardized
+
+    x = np.random.default_rng(5).normal(size=(3, 100)) * np.array([[1e-21], [1.0], [1e6]]) + 7.0
+    x[2] = 3.0  # a constant row
+    np.testing.assert_array_equal(standardized_rows(x), standardized(x))

@@ -261,7 +261,7 @@ def test_window_band_powers_put_a_weak_tone_in_its_own_octave():
 def test_window_kernel_activity_is_the_ppv_of_each_kernel_inside_each_window():
     """Per token window, the share of positions where MiniRocket kernel k at dilation d exceeds its bias (minus
     1/2), from the kernel's output over the whole series with zeros beyond its ends."""
-    from pipeline.teachers.minirocket import KERNELS
+    from pipeline.minirocket import KERNELS
 
     biases = torch.linspace(-1, 1, 2 * 84).tolist()
     config = STEPConfig(**TINY, structure_kernel_dilations=[1, 3], structure_kernel_biases=biases)

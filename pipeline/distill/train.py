@@ -175,12 +175,12 @@ def kernel_biases_from_corpus(params: Params, student_config: STEPConfig) -> lis
     """The student's fixed-kernel biases: each kernel's median output over a fixed sample of 256 pretraining
     segments, as the minirocket teacher fits its own (the same sample and code), so the saved model carries them."""
     from data_catalog.catalog import load_catalog
-    from pipeline.extract import corpus_sample
-    from pipeline.teachers.minirocket import fit_corpus_biases
+    from pipeline.minirocket import corpus_sample, fit_corpus_biases
     from schemas.teachers import MiniRocketTeacher
 
     spec = MiniRocketTeacher(dilations=tuple(student_config.structure_kernel_dilations), biases_per_kernel=1)
-    sample = corpus_sample(load_catalog(params.prepare.catalog), params, spec.fit_series, "the student's kernel biases")
+    sample = corpus_sample(load_catalog(params.prepare.catalog), params.prepare.series_store,
+                           params.segments.max_samples, spec.fit_series, "the student's kernel biases")
     log.info("student: fitting %d fixed-kernel biases on %d corpus segments", 84 * len(spec.dilations), len(sample))
     return fit_corpus_biases(spec, sample)
 

@@ -68,7 +68,7 @@ class STEPConfig(PreTrainedConfig):
             gave +0.026 generated mean F1 and -0.013 on the real sets, on average (README, "What each change
             measured"), and the real sets are judged first.
         structure_kernel_dilations: D dilations (samples) of MiniRocket's 84 fixed kernels (length 9, weights -1
-            and 2 at three positions; pipeline/teachers/minirocket.py): every token also gets, per kernel and
+            and 2 at three positions; pipeline/minirocket.py): every token also gets, per kernel and
             dilation, the proportion of its window's positions where the kernel's output on the normalised signal
             exceeds the kernel's bias (PPV, minus 1/2): 84 D fixed random-convolution features that see every
             sample of the window, where the resampled patch sees P points. They enter the token like the other

@@ -126,7 +126,7 @@ def window_kernel_activity(
     positions (`window_means`); no gradient to the stride from here; one series at a time, so memory stays
     (C, 84, T / k) floats.
     """
-    from pipeline.teachers.minirocket import KERNELS, NUM_KERNELS
+    from pipeline.minirocket import KERNELS, NUM_KERNELS
 
     # signal (B, C, T) float64, 0 beyond each length; lengths (B,); strides (B,) float64
     batch, channels, time = signal.shape
