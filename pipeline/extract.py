@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_catalog.catalog import open_readers
-from data_catalog.readers import DataError, SeriesReader
+from data_catalog.readers import SeriesReader
 from data_catalog.segments import Segment, segment_series
 from pipeline.chunk_encoding import (  # known_lengths, SegmentValues, TeacherBatchError: also imported from here
     ChunkTask,
@@ -202,7 +202,8 @@ def write_chunks_here(teacher: TeacherAdapter, store: FeatureStore, new_groups: 
 
 def fitted_on_corpus(name: str, spec: TeacherSpec, catalog: Catalog, params: Params) -> TeacherSpec:
     """The spec with its data-fitted constants filled in: MiniRocket's biases, from a fixed sample of the catalog's
-    pretraining corpus (`pipeline.minirocket.corpus_sample`), before any store is written (other kinds are returned as they are).
+    pretraining corpus (`pipeline.minirocket.corpus_sample`), before any store is written (other kinds are returned
+    as they are).
 
     The same corpus always gives the same biases, so a resumed or repeated extraction matches its store, and a
     store fitted on another corpus is refused (the biases' hash is in its manifest).

@@ -160,8 +160,9 @@ def fit_corpus_biases(spec: MiniRocketTeacher, series: list[np.ndarray]) -> list
 
     series: (channels, T) arrays, each channel standardised here as the teacher will see it (the first 2 channels
     and 2048 samples of each; a teacher standardises over the whole series, which for these corpora differs
-    little). Quantile levels are evenly spaced inside (0, 1) (e.g. 1/3 and 2/3 for two biases), so each token's PPV splits the corpus'
-    outputs into equal parts. Deterministic given the series; returns the flat list the spec stores."""
+    little). Quantile levels are evenly spaced inside (0, 1) (e.g. 1/3 and 2/3 for two biases), so each token's
+    PPV splits the corpus' outputs into equal parts. Deterministic given the series; returns the flat list the spec
+    stores."""
     # the first 2 channels and 2048 samples of each series: with 256 series that is ~10^6 positions per kernel,
     # far more than the quantiles need, and a 32-channel, 131,072-sample segment costs no more than a short one
     rows = [standardized_rows(s[:2, :2048].astype(np.float64)).astype(np.float32) for s in series]

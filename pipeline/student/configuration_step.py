@@ -220,11 +220,13 @@ class STEPConfig(PreTrainedConfig):
 
 
 PRESETS: dict[str, dict] = {
-    # 0.31M parameters. MiniRocket kernel activities at dilations 1, 4, 16 as fixed fine-structure inputs
-    # (docs/experiments.md, "Knowledge that carries"). Hidden 64: on the probe table, width 64 matched width 128 on the real sets and gave +0.01
-    # on the generated tasks in two seeds at about half the training cost; 192 and 6 blocks were worse. Embedding
-    # size 32: +0.016 and +0.025 generated, +0.002 and -0.015 real in two seeds against the full-width tokens
-    # (README, "What each change measured").
+    # 0.31M parameters. MiniRocket kernel activities at dilations 1, 4, 16 as fixed fine-structure inputs: real sets
+    # +0.020 (visible, not resolved), PLAID 0.765 -> 0.829, generated tasks -0.093 (resolved; the 756 pooled
+    # activities dilute the lag and band powers; docs/experiments.md, "Knowledge that carries").
+    # Hidden 64: on the probe table, width 64 matched width 128 on the real sets and gave +0.01 on the generated tasks
+    # in two seeds at about half the training cost; 192 and 6 blocks were worse. Embedding size 32: +0.016 and +0.025
+    # generated, +0.002 and -0.015 real in two seeds against the full-width tokens (docs/experiments.md, "What each
+    # change measured").
     "cpu-small": dict(
         hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
         patch_points=32, front_end_channels=32, structure_lags=8, structure_bands=8,
