@@ -68,9 +68,10 @@ def fit_dilations(length: int, num_features: int, max_dilations_per_kernel: int)
     return dilations, features
 
 
-def convolve(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    """(n, L) -> (n, 84, L): every kernel at `dilation`, zero padding of 4 * dilation on each side ("same")."""
-    return F.conv1d(x[:, None, :], KERNELS, padding=4 * dilation, dilation=dilation)
+def convolve(x: torch.Tensor, dilation: int, stride: int = 1) -> torch.Tensor:
+    """(n, L) -> (n, 84, ceil(L / stride)): every kernel at `dilation`, zero padding of 4 * dilation on each side
+    ("same"), the output kept at every `stride`-th position."""
+    return F.conv1d(x[:, None, :], KERNELS.to(x.device), padding=4 * dilation, dilation=dilation, stride=stride)
 
 
 def proportion_above(outputs: torch.Tensor, biases: torch.Tensor) -> torch.Tensor:
@@ -118,13 +119,22 @@ class MiniRocket:
         values = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         for d, (dilation, per_kernel) in enumerate(zip(self.dilations, self.features_per_dilation)):
             examples = values[torch.from_numpy(rng.integers(n, size=NUM_KERNELS))]  # (84, C, L): one per kernel
-            outputs = self._outputs(examples, d, dilation)  # (84, 84, L)
-            own = outputs[torch.arange(NUM_KERNELS), torch.arange(NUM_KERNELS)]  # (84, L): kernel k on example k
+            own = self._own_outputs(examples, d, dilation)  # (84, L): kernel k on example k only
             q = torch.from_numpy(levels[start : start + NUM_KERNELS * per_kernel].reshape(NUM_KERNELS, per_kernel))
             self.biases.append(torch.stack([torch.quantile(own[k].double(), q[k].double())
                                             for k in range(NUM_KERNELS)]).float())  # (84, per_kernel)
             start += NUM_KERNELS * per_kernel
         return self
+
+    def _own_outputs(self, examples: torch.Tensor, d: int, dilation: int) -> torch.Tensor:
+        """(84, C, L) one example per kernel -> (84, L): kernel k on example k alone, summed over its channel subset
+        (a grouped convolution: the 84 x 84 outputs `_outputs` would give hold only these on their diagonal)."""
+        kernels, channels, length = examples.shape
+        outputs = F.conv1d(examples.reshape(1, kernels * channels, length), KERNELS.repeat_interleave(channels, dim=0),
+                           padding=4 * int(dilation), dilation=int(dilation), groups=kernels * channels)
+        outputs = outputs.view(kernels, channels, length)  # (84, C, L)
+        return outputs[:, 0] if channels == 1 else torch.einsum("kcl,kc->kl", outputs, torch.from_numpy(
+            self.channel_masks[d]))
 
     def _outputs(self, x: torch.Tensor, d: int, dilation: int) -> torch.Tensor:
         """(n, C, L) -> (n, 84, L): each kernel's convolution summed over its channel subset at dilation index d."""

@@ -4,7 +4,6 @@ STEP, `structure_lags` and `structure_bands`): lag increments and (sub-)octave b
 import math
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.student.configuration_step import STEPConfig
 
@@ -126,7 +125,7 @@ def window_kernel_activity(
     positions (`window_means`); no gradient to the stride from here; one series at a time, so memory stays
     (C, 84, T / k) floats.
     """
-    from pipeline.minirocket import KERNELS, NUM_KERNELS
+    from pipeline.minirocket import NUM_KERNELS, convolve
 
     # signal (B, C, T) float64, 0 beyond each length; lengths (B,); strides (B,) float64
     batch, channels, time = signal.shape
@@ -135,16 +134,15 @@ def window_kernel_activity(
         config.structure_kernel_biases, dtype=torch.float32).view(len(dilations), NUM_KERNELS)
     start, end = window_edges(lengths, strides, max_tokens, config)  # (B, N) each, in samples
     features = signal.new_zeros(batch, channels, max_tokens, len(dilations) * NUM_KERNELS, dtype=torch.float32)
-    kernels = KERNELS.to(signal.device)
     for b in range(batch):
         length = int(lengths[b])
         step = max(1, int(float(strides[b].detach()) // 32))  # count every step-th position
-        series = signal[b, :, :length].float()[:, None, :]  # (C, 1, T_b)
+        series = signal[b, :, :length].float()  # (C, T_b)
         counted = -(-length // step)  # positions 0, step, 2 step, ... < length
         first = -(-start[b : b + 1] // step)  # (1, N) first counted position of each window, in counted units
         last = -(-end[b : b + 1] // step)  # (1, N) one past the last
         for d, dilation in enumerate(dilations):
-            output = F.conv1d(series, kernels, padding=4 * dilation, dilation=dilation, stride=step)  # (C, 84, T/k)
+            output = convolve(series, dilation, stride=step)  # (C, 84, T / step)
             above = (output > biases[d].to(series.device)[None, :, None]).float()
             ppv = window_means(above.flatten(0, 1)[None], torch.tensor([counted], device=signal.device), first, last)
             features[b, :, :, d * NUM_KERNELS : (d + 1) * NUM_KERNELS] = ppv[0].view(

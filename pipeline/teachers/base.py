@@ -207,6 +207,12 @@ def pool_steps(features: torch.Tensor, pool: int, valid: torch.Tensor | None = N
     return sums / counts[..., None]
 
 
+def mean_and_std_over_channels(features: np.ndarray) -> np.ndarray:
+    """(batch, channels, tokens, F) -> (batch, tokens, 2F): mean and standard deviation across channels, for teachers
+    whose per-channel features differ by sensor (band powers, EEG components); one channel gives std 0."""
+    return np.concatenate([features.mean(axis=1), features.std(axis=1)], axis=-1)
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" means cuda when available."""
     if device == "auto":

@@ -129,9 +129,9 @@ class CrepeNet(nn.Module):
 
 
 def centred(values: np.ndarray) -> np.ndarray:
-    """(..., T) float32 with each row's mean (float64) removed. Before any polyphase resampling: scipy's
-    resample_poly leaves a ripple of ~6e-4 of a row's mean level (its phases' DC gains differ), which on a light
-    curve at 1e4 +- 1 would be larger than the signal. The teachers here are all blind to the mean level."""
+    """(..., T) float32 with each row's mean (float64) removed, before resampling and stretching. base.resample takes
+    the level out of its filter itself, but hands it back in float32, whose resolution at a level of 1e4 is ~1e-3:
+    centring first keeps a light curve at 1e4 +- 1 to full precision. The teachers here are all blind to the level."""
     x = np.asarray(values, dtype=np.float64)
     return (x - x.mean(axis=-1, keepdims=True)).astype(np.float32)
 

@@ -40,7 +40,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
-from pipeline.teachers.base import WindowedTeacher, resolve_device, sha256_of_files
+from pipeline.teachers.base import WindowedTeacher, mean_and_std_over_channels, resolve_device, sha256_of_files
 from pipeline.teachers.crepe import centred, standardized_or_flat, wheel_file
 from schemas.teachers import ICLabelTeacher
 
@@ -241,9 +241,7 @@ class ICLabelTeacherAdapter(WindowedTeacher):
                 self.zero_topography_features, psds[part].to(self.device), autocorrs[part].to(self.device)))
         return torch.cat(outputs).float().view(len(x), n_tokens, FEATURES_PER_CHANNEL)
 
-    def pool_channels(self, features: np.ndarray) -> np.ndarray:
-        """(batch, channels, tokens, F) -> (batch, tokens, 2F): mean and standard deviation across channels."""
-        return np.concatenate([features.mean(axis=1), features.std(axis=1)], axis=-1)
+    pool_channels = staticmethod(mean_and_std_over_channels)  # (batch, channels, tokens, F) -> (batch, tokens, 2F)
 
     def describe(self) -> dict:
         return {

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.signal
 from numpy.lib.stride_tricks import sliding_window_view
 
-from pipeline.teachers.base import WindowedTeacher
+from pipeline.teachers.base import WindowedTeacher, mean_and_std_over_channels
 from schemas.teachers import SpectralTeacher
 
 # Floor added to powers before log10, so flat windows and constant channels stay finite. Powers are relative to the
@@ -105,9 +105,7 @@ class SpectralTeacherAdapter(WindowedTeacher):
             axis=-1,
         )
 
-    def pool_channels(self, features: np.ndarray) -> np.ndarray:
-        """(batch, channels, tokens, F) -> (batch, tokens, 2F): mean and standard deviation across channels."""
-        return np.concatenate([features.mean(axis=1), features.std(axis=1)], axis=-1)
+    pool_channels = staticmethod(mean_and_std_over_channels)  # (batch, channels, tokens, F) -> (batch, tokens, 2F)
 
     def describe(self) -> dict:
         return {
