@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from data_catalog.catalog import load_catalog, open_reader
-from pipeline.evaluate import ProbeResults, load_task, model_embeddings, probe_score, probe_splits
+from pipeline.evaluate import ProbeResults, load_task, model_embeddings, probe_score, probe_splits, random_twin
 from pipeline.feature_store import FeatureStore, store_location
 from pipeline.student import STEPEncoder
 from pipeline.student.pooling import pool_embedding
@@ -86,8 +86,7 @@ def main() -> None:
         args.ks, args.per_dataset = [16], 10
         names = ["gwosc_like", "marmaudio_like", "ucr_arrowhead"]
     distilled = STEPEncoder.from_pretrained(params.distill.output_dir).eval()
-    torch.manual_seed(params.evaluate.seed)  # the evaluate stage's random student
-    random_student = STEPEncoder(distilled.config).eval()
+    random_student = random_twin(distilled, params, params.evaluate.seed)  # the evaluate stage's random student
     stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
     student_width = 3 * (distilled.config.embedding_size or distilled.config.hidden_size)  # what mean/std/max pool
     widths = {"step-distilled": student_width, "step-random": student_width}

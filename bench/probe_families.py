@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from data_catalog.catalog import load_catalog  # noqa: E402
 from pipeline.evaluate import (ProbeResults, load_task, model_embeddings, probe_score, probe_splits,  # noqa: E402
-                               task_score)
+                               random_twin, task_score)
 from pipeline.feature_store import FeatureStore, store_location  # noqa: E402
 from pipeline.student import STEPEncoder  # noqa: E402
 from schemas.params import load_params  # noqa: E402
@@ -79,8 +79,7 @@ def main() -> None:
     catalog = load_catalog(params.prepare.catalog)
     names = config.datasets or [e.name for e in catalog.datasets if e.role == "probe"]
     distilled = STEPEncoder.from_pretrained(params.distill.output_dir).eval()
-    torch.manual_seed(config.seed)  # the random student of `evaluate`
-    random_student = STEPEncoder(distilled.config).eval()
+    random_student = random_twin(distilled, params, config.seed)  # the random student of `evaluate`
     stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
 
     results = {probe: ProbeResults() for probe in PROBES}

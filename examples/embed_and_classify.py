@@ -8,7 +8,7 @@ The folder holds one sub-folder per class, each with .npy, .csv or .wav files, o
 
 .npy: a (time,) or (channels, time) array; .csv: one column per channel; .wav: its own sampling rate. Pass
 --sampling-rate for .npy and .csv files if you know it (else the encoder sees only their length, which is fine).
-Prints the cross-validated accuracy of a logistic regression on the standardised embeddings.
+Prints the cross-validated accuracy of a ridge classifier (the probe table's probe) on the standardised embeddings.
 """
 
 import argparse

@@ -66,6 +66,8 @@ from schemas.params import Params
 
 log = logging.getLogger(__name__)
 
+FIXED_PARTS = ("structure", "kernels")  # embedding parts pooled from the student's fixed inputs, not learned
+
 
 @dataclass
 class ProbeTask:
@@ -149,10 +151,10 @@ def interval(scores: list[float], test_train_ratio: float, confidence: float = 0
 
 
 def teacher_embeddings(store: FeatureStore, task: ProbeTask, pooling: str, config,
-                       structure: np.ndarray | None = None) -> np.ndarray:
+                       fixed: np.ndarray | None = None) -> np.ndarray:
     """Each series' cached teacher tokens (of all its segments together) pooled by the student's operator,
-    `pool_embedding`, with the series' statistics (as the student computes them) where the pooling asks, and
-    with `structure` (n, 3 (J + K)), the student's pooled fine-structure inputs, where it has `structure`."""
+    `pool_embedding`, with the series' statistics (as the student computes them) where the pooling asks, and with
+    `fixed` (n, width), the student's pooled fixed inputs, where the pooling has `structure` or `kernels`."""
     name = task.name
     if name not in store.manifest.groups:
         raise ValueError(f"feature store {store.path} has no probe task {name!r}; run extract for it")
@@ -163,10 +165,10 @@ def teacher_embeddings(store: FeatureStore, task: ProbeTask, pooling: str, confi
             tokens_of.setdefault(str(segment_id).split("@")[0], []).append(tokens[:count])
     pooling = "mean" if pooling == "pooled" else pooling  # the student's LayerNorm(mean) is a mean, normalised
     parts = check_pooling(pooling)
-    if "structure" in parts:  # computed by the student from the series, not from these tokens: appended below
-        if structure is None:
-            raise ValueError(f"pooling {pooling!r}: teacher rows need the student's pooled fine-structure inputs")
-        parts.remove("structure")
+    if set(parts) & set(FIXED_PARTS):  # computed by the student from the series, not from these tokens: appended
+        if fixed is None:
+            raise ValueError(f"pooling {pooling!r}: teacher rows need the student's pooled fixed inputs")
+        parts = [part for part in parts if part not in FIXED_PARTS]
     pooling = "+".join(parts)
     pooled = []
     for series_id, values in zip(task.ids, task.series):
@@ -179,7 +181,7 @@ def teacher_embeddings(store: FeatureStore, task: ProbeTask, pooling: str, confi
         pooled.append(pool_embedding(tokens, mask, pooling, statistics=statistics)[0].numpy() if pooling
                       else np.zeros(0, np.float32))
     pooled = np.stack(pooled)
-    return pooled if structure is None else np.concatenate([pooled, structure], axis=1)
+    return pooled if fixed is None else np.concatenate([pooled, fixed], axis=1)
 
 
 def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, random_student: STEPEncoder,
@@ -193,11 +195,12 @@ def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, ra
                              keep_channels=keep_channels)
         for model, encoder in (("step-distilled", distilled), ("step-random", random_student))
     }
-    has_structure = bool(distilled.config.fine_structure_width)
-    structure = None
-    if has_structure:  # teachers average channels, so their rows get the channel-averaged vectors
-        structure = distilled.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling="structure")
-    appended = structure if "structure" in pooling.split("+") else None
+    # the embedding's fixed parts (pooled lag, band and kernel inputs: no learning) are appended to every teacher's
+    # row; teachers average channels, so their rows get the channel-averaged vectors
+    fixed_parts = "+".join(part for part in pooling.split("+") if part in FIXED_PARTS)
+    appended = None
+    if fixed_parts:
+        appended = distilled.embed(task.series, task.sampling_rate, batch_size=batch_size, pooling=fixed_parts)
     for teacher, store in stores.items():
         embeddings[f"teacher:{teacher}"] = teacher_embeddings(store, task, pooling, distilled.config, appended)
     if len(stores) > 1:  # every teacher's row side by side, the appended vectors once
@@ -209,9 +212,9 @@ def model_embeddings(params: Params, task: ProbeTask, distilled: STEPEncoder, ra
         embeddings["baseline-minirocket"] = minirocket_embeddings(task, params.evaluate.minirocket_features,
                                                                   params.evaluate.seed,
                                                                   params.evaluate.minirocket_max_length)
-    if has_structure:  # the teachers' vectors already, unless a montage keeps channels apart
-        embeddings["baseline-structure"] = structure if not keep_channels else distilled.embed(
-            task.series, task.sampling_rate, batch_size=batch_size, pooling="structure", keep_channels=True)
+    if fixed_parts:  # the fixed parts alone: the teachers' vectors already, unless a montage keeps channels apart
+        embeddings["baseline-structure"] = appended if not keep_channels else distilled.embed(
+            task.series, task.sampling_rate, batch_size=batch_size, pooling=fixed_parts, keep_channels=True)
     return embeddings
 
 
@@ -227,14 +230,26 @@ def minirocket_embeddings(task: ProbeTask, num_features: int, seed: int, max_len
     return rocket.transform(x)
 
 
+def random_twin(distilled: STEPEncoder, params: Params, seed: int) -> STEPEncoder:
+    """The random-weight student every comparison is made against: the distilled student's architecture and fixed
+    inputs (its config, with the kernel biases), seeded weights, and where the embedding projects the kernel
+    activities, its own components fitted on the same corpus sample as the distilled student's."""
+    from pipeline.distill.train import kernel_component_sample
+
+    torch.manual_seed(seed)
+    twin = STEPEncoder(distilled.config).eval()
+    if distilled.config.kernel_components:
+        twin.fit_kernel_components(kernel_component_sample(params))
+    return twin
+
+
 def evaluate(params: Params) -> dict:
     """Probe every model on every task over the K splits; write metrics, per-split scores, tables and plots."""
     config = params.evaluate
     catalog = load_catalog(params.prepare.catalog)
     names = config.datasets or [e.name for e in catalog.datasets if e.role == "probe"]
     distilled = STEPEncoder.from_pretrained(params.distill.output_dir).eval()
-    torch.manual_seed(config.seed)
-    random_student = STEPEncoder(distilled.config).eval()
+    random_student = random_twin(distilled, params, config.seed)
     stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
 
     results = ProbeResults()

@@ -56,7 +56,8 @@ from tqdm import tqdm
 from data_catalog.catalog import load_catalog
 from pipeline.distill.loader import pad_series
 from pipeline.distill.train import learning_rate
-from pipeline.evaluate import ProbeResults, ProbeTask, load_task, probe_score, probe_splits, task_score
+from pipeline.evaluate import (ProbeResults, ProbeTask, load_task, probe_score, probe_splits, random_twin,
+                               task_score)
 from pipeline.student import STEPEncoder, STEPForClassification
 from pipeline.student.inputs import length_batches
 from schemas.params import FinetuneParams, Params
@@ -164,7 +165,8 @@ class BlockInputs:
                 self.items[i] = item
 
     def batch(self, rows) -> dict[str, torch.Tensor | None]:
-        """Padded (B, C, N, D) tokens, (B, N) token_mask, (B, C, 2) statistics, (B, C, N, J + K) fine_structure."""
+        """Padded (B, C, N, D) tokens, (B, N) token_mask, (B, C, 2) statistics, (B, C, N, J + K) fine_structure,
+        (B, C, N, 84 D) kernel_activity."""
         items = [self.items[r] for r in rows]
         counts = [item["tokens"].shape[1] for item in items]
         longest = max(counts)
@@ -176,7 +178,7 @@ class BlockInputs:
 
         return {"tokens": padded("tokens"), "token_mask": torch.arange(longest) < torch.tensor(counts)[:, None],
                 "statistics": None if items[0]["statistics"] is None else torch.stack([i["statistics"] for i in items]),
-                "fine_structure": padded("fine_structure")}
+                "fine_structure": padded("fine_structure"), "kernel_activity": padded("kernel_activity")}
 
 
 def forward_rows(model: STEPForClassification, task: ProbeTask, rows, cache: BlockInputs | None
@@ -300,8 +302,7 @@ def run_finetune(params: Params) -> dict:
     catalog = load_catalog(params.prepare.catalog)
     names = config.datasets or [e.name for e in catalog.datasets if e.role == "probe"]
     distilled = STEPEncoder.from_pretrained(params.distill.output_dir).eval()
-    torch.manual_seed(config.seed)
-    starts = {"distilled": distilled, "scratch": STEPEncoder(distilled.config).eval()}
+    starts = {"distilled": distilled, "scratch": random_twin(distilled, params, config.seed)}
     probe_names = {"distilled": "step-distilled", "scratch": "step-random"}  # the probe table's rows
     pooling = params.evaluate.pooling or distilled.config.embedding_pooling
     batch_size, alphas = params.evaluate.batch_size, params.evaluate.probe_alphas

@@ -128,21 +128,22 @@ class MiniRocket:
 
     def _own_outputs(self, examples: torch.Tensor, d: int, dilation: int) -> torch.Tensor:
         """(84, C, L) one example per kernel -> (84, L): kernel k on example k alone, summed over its channel subset
-        (a grouped convolution: the 84 x 84 outputs `_outputs` would give hold only these on their diagonal)."""
-        kernels, channels, length = examples.shape
-        outputs = F.conv1d(examples.reshape(1, kernels * channels, length), KERNELS.repeat_interleave(channels, dim=0),
-                           padding=4 * int(dilation), dilation=int(dilation), groups=kernels * channels)
-        outputs = outputs.view(kernels, channels, length)  # (84, C, L)
-        return outputs[:, 0] if channels == 1 else torch.einsum("kcl,kc->kl", outputs, torch.from_numpy(
-            self.channel_masks[d]))
+        (the 84 x 84 outputs `_outputs` would give hold only these on their diagonal)."""
+        if examples.shape[1] == 1:
+            mixed = examples[:, 0]  # (84, L)
+        else:  # the convolution is linear: summing the channels first is summing their outputs
+            mixed = torch.einsum("kcl,kc->kl", examples, torch.from_numpy(self.channel_masks[d]))  # (84, L)
+        return F.conv1d(mixed[None], KERNELS, padding=4 * int(dilation), dilation=int(dilation),
+                        groups=NUM_KERNELS)[0]  # (84, L)
 
     def _outputs(self, x: torch.Tensor, d: int, dilation: int) -> torch.Tensor:
         """(n, C, L) -> (n, 84, L): each kernel's convolution summed over its channel subset at dilation index d."""
         n, channels, length = x.shape
         if channels == 1:
             return convolve(x[:, 0], int(dilation))
-        per_channel = convolve(x.reshape(n * channels, length), int(dilation)).reshape(n, channels, NUM_KERNELS, -1)
-        return torch.einsum("nckl,kc->nkl", per_channel, torch.from_numpy(self.channel_masks[d]))
+        # the convolution is linear: each kernel convolves the sum of its channels (84 convolutions, not 84 C)
+        mixed = torch.einsum("ncl,kc->nkl", x, torch.from_numpy(self.channel_masks[d]))  # (n, 84, L)
+        return F.conv1d(mixed, KERNELS, padding=4 * int(dilation), dilation=int(dilation), groups=NUM_KERNELS)
 
     @torch.no_grad()
     def transform(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
@@ -156,11 +157,12 @@ class MiniRocket:
             for d, dilation in enumerate(self.dilations):
                 outputs = self._outputs(batch, d, dilation)  # (b, 84, L)
                 padding = 4 * int(dilation)
-                whole = proportion_above(outputs, self.biases[d])  # (b, 84, F_d)
-                inner = proportion_above(outputs[..., padding:-padding], self.biases[d])
                 # Every other kernel (alternating with the dilation) counts only positions needing no padding.
-                uses_inner = ((d + torch.arange(NUM_KERNELS)) % 2 == 1)[None, :, None]
-                features.append(torch.where(uses_inner, inner, whole).flatten(1))
+                inner = (d + torch.arange(NUM_KERNELS)) % 2 == 1  # (84,)
+                ppv = torch.empty(len(batch), NUM_KERNELS, self.biases[d].shape[1])  # (b, 84, F_d)
+                ppv[:, inner] = proportion_above(outputs[:, inner, padding:-padding], self.biases[d][inner])
+                ppv[:, ~inner] = proportion_above(outputs[:, ~inner], self.biases[d][~inner])
+                features.append(ppv.flatten(1))
             out.append(torch.cat(features, dim=1))
         return torch.cat(out).numpy()
 

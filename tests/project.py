@@ -9,6 +9,22 @@ TINY_STUDENT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads"
                 "front_end_channels": 16, "patch_points": 16}
 
 
+def tiny_student(seed: int = 0, **overrides):
+    """A random-weight cpu-small student at TINY_STUDENT's size, its kernel components fitted (as distillation
+    fits them on the corpus) on 32 fixed random series, ready to embed."""
+    import torch
+
+    from pipeline.student import STEPConfig, STEPEncoder
+
+    torch.manual_seed(seed)
+    model = STEPEncoder(STEPConfig.from_preset("cpu-small", **{**TINY_STUDENT, **overrides})).eval()
+    if model.config.kernel_components:
+        rng = np.random.default_rng(seed)
+        model.fit_kernel_components([rng.standard_normal((1, int(n))).astype(np.float32)
+                                     for n in rng.integers(64, 2048, size=32)])
+    return model
+
+
 def write_real_set(path: Path, seed: int = 0) -> None:
     """A small ragged .npz in the vendored UCR layout: 2 classes (sine / square bursts), 15-60 samples, no rate."""
     rng = np.random.default_rng(seed)

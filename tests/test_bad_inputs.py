@@ -51,10 +51,9 @@ def refused(match: str, read) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_student():
-    from pipeline.student import STEPConfig, STEPEncoder
-    from tests.project import TINY_STUDENT
+    from tests.project import tiny_student
 
-    return STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT)).eval()
+    return tiny_student()
 
 
 def test_constant_zero_one_sample_integer_and_boolean_series_give_finite_features(tmp_path, tiny_student):
@@ -94,8 +93,8 @@ def test_constant_zero_one_sample_integer_and_boolean_series_give_finite_feature
         for row, n in enumerate(n_tokens):
             assert np.isfinite(features[row, :n]).all(), f"{teacher}: {ids[row]} has non-finite features"
     embeddings = tiny_student.embed([s.values for s in reader])
-    # mean+std+max (hidden 32), stats (2), structure (mean, std, max of 8 lags + 8 bands)
-    assert embeddings.shape == (len(series), 3 * 32 + 2 + 3 * (16 + 3 * 84)) and np.isfinite(embeddings).all()
+    # mean+std+max (embedding 64), stats (2), structure (mean, std, max of 8 lags + 8 bands), 16 kernel components
+    assert embeddings.shape == (len(series), 3 * 64 + 2 + 3 * 16 + 16) and np.isfinite(embeddings).all()
     record(bad_inputs=len(series))
 
 

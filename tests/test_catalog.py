@@ -26,7 +26,7 @@ def file_entry(**source) -> CatalogEntry:
 
 def test_default_params_and_catalog_validate():
     params = load_params(ROOT / "params.yaml")
-    assert set(params.extract.teachers) == {"fracast", "spectral"}
+    assert set(params.extract.teachers) == {"fracast", "spectral", "minirocket"}
     catalog = load_catalog(ROOT / "data_catalog" / "catalog.yaml")
     probes = [e for e in catalog.datasets if e.role == "probe"]
     assert len(probes) == 11  # the seven generated analogues and four real UCR sets

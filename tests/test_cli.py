@@ -5,10 +5,9 @@ import xarray as xr
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import STEPConfig, STEPEncoder
 from pipeline.cli import app
 from tests.conftest import ROOT
-from tests.project import TINY_STUDENT, write_project
+from tests.project import tiny_student, write_project
 
 runner = CliRunner()
 
@@ -60,14 +59,15 @@ def test_bad_params_exit_with_field_path(tmp_path):
 
 def test_embed_file_and_dataset(tmp_path):
     model_dir = tmp_path / "model"
-    STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT)).save_pretrained(model_dir)
+    tiny_student().save_pretrained(model_dir)
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(5, 2, 300)).astype(np.float32))
     result = runner.invoke(app, ["embed", "--model", str(model_dir), "--input", str(tmp_path / "x.npy"),
                                  "--stacked", "--output", str(tmp_path / "x.zarr")])
     assert result.exit_code == 0, result.output
     ds = xr.open_zarr(tmp_path / "x.zarr", consolidated=True)
-    # default pooling: mean+std+max (embedding 32), stats (2), structure (mean, std, max of 8 lags, 8 bands, 3 x 84 kernels)
-    assert ds["embedding"].shape == (5, 3 * 32 + 2 + 3 * (16 + 3 * 84))  # tokens, stats, lags + bands + kernels
+    # default pooling: mean+std+max (embedding 64), stats (2), structure (mean, std, max of 8 lags and 8 bands),
+    # kernels (the pooled 3 x 3 x 84 kernel activities on 16 principal components)
+    assert ds["embedding"].shape == (5, 3 * 64 + 2 + 3 * 16 + 16)
     assert np.isfinite(ds["embedding"].values).all()
     result = runner.invoke(app, ["embed", "--model", str(model_dir), "--input", str(tmp_path / "x.npy"),
                                  "--output", str(tmp_path / "x3.zarr")])

@@ -46,7 +46,17 @@ def test_distill_trains_without_any_teacher(extracted_project, monkeypatch):
     assert (output / "model.safetensors").exists() and (output / "config.json").exists()
     card = (output / "README.md").read_text()
     assert "silero_vad" in card and "pre_long" in card
-    assert isinstance(AutoModel.from_pretrained(output), STEPEncoder)
+    loaded = AutoModel.from_pretrained(output)
+    assert isinstance(loaded, STEPEncoder)
+    # the embedding's kernel components were fitted on the trained student, on the fixed corpus sample, and saved
+    from pipeline.distill.train import kernel_component_sample
+
+    assert loaded.config.kernel_components == 16 and bool(loaded.kernel_component_scale.any())
+    refit = AutoModel.from_pretrained(output)
+    refit.kernel_component_scale.zero_()
+    refit.fit_kernel_components(kernel_component_sample(params_in(root, params_path)))
+    for name in ("kernel_component_mean", "kernel_component_scale", "kernel_component_axes"):
+        torch.testing.assert_close(getattr(refit, name), getattr(loaded, name), rtol=1e-5, atol=1e-6)
     reports = root / "reports/distill"
     assert json.loads((reports / "metrics.json").read_text())["steps"] == 6
     assert (reports / "train_loss.csv").read_text().count("\n") == 7
@@ -246,7 +256,7 @@ def test_summary_loss_trains_its_own_heads(extracted_project, tmp_path, pooling)
     head = weights["heads.summary_heads.spectral.1.weight"]  # (moments F, moments H): one block per pooled moment
     moments = len(pooling.split("+"))
     student = STEPEncoder.from_pretrained(tmp_path / "m")
-    assert head.shape == (moments * 28, moments * student.config.hidden_size)
+    assert head.shape == (moments * 28, moments * (student.config.embedding_size or student.config.hidden_size))
 
 
 def test_summary_loss_with_max_pooling_reads_the_targets_maximum():

@@ -157,24 +157,24 @@ def test_teacher_rows_pool_every_token_of_every_segment_of_a_series(extracted_pr
     with_structure = teacher_embeddings(store, probe, "mean+std+stats+structure", config, structure)
     np.testing.assert_allclose(with_structure[:, :-6], pooled, rtol=1e-6)
     np.testing.assert_array_equal(with_structure[:, -6:], structure)
-    with pytest.raises(ValueError, match="fine-structure"):
+    with pytest.raises(ValueError, match="pooled fixed inputs"):
         teacher_embeddings(store, probe, "mean+structure", config)
+    with pytest.raises(ValueError, match="pooled fixed inputs"):
+        teacher_embeddings(store, probe, "mean+kernels", config)
     assert probe.sampling_rate is None and probe.real  # the unknown rate reached the probe as None
 
 
 def test_teachers_all_row_puts_every_teacher_row_side_by_side_with_the_structure_once(extracted_project):
     from data_catalog.catalog import load_catalog
     from pipeline.feature_store import FeatureStore, store_location
-    from pipeline.student import STEPConfig, STEPEncoder
     from schemas.params import load_params
-    from tests.project import TINY_STUDENT
+    from tests.project import tiny_student
 
     root, params_path = extracted_project
     params = load_params(params_path)
     catalog = load_catalog(params.prepare.catalog)
     probe = evaluation.load_task(catalog.get("probe_real"), catalog, params.prepare.series_store)
-    torch.manual_seed(0)
-    student = STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT)).eval()
+    student = tiny_student()
     stores = {t: FeatureStore.open(store_location(params.extract.store_dir, t)) for t in params.extract.teachers}
     rows = evaluation.model_embeddings(params, probe, student, student, stores)
     structure = rows["baseline-structure"]
@@ -186,6 +186,29 @@ def test_teachers_all_row_puts_every_teacher_row_side_by_side_with_the_structure
     np.testing.assert_array_equal(rows["teachers:all"], expected)
     del stores["fracast"], stores["spectral"]  # one teacher: no `teachers:all` row
     assert "teachers:all" not in evaluation.model_embeddings(params, probe, student, student, stores)
+
+
+def test_random_twin_is_seeded_and_fits_its_own_kernel_components_on_the_corpus_sample(extracted_project):
+    """The random-weight row: the distilled student's config (kernel biases included), weights from the seed, and
+    kernel components fitted on the same corpus sample as the distilled student's (not the distilled student's)."""
+    from pipeline.distill.train import kernel_component_sample
+    from pipeline.student import STEPEncoder
+    from schemas.params import load_params
+    from tests.project import tiny_student
+
+    root, params_path = extracted_project
+    params = load_params(params_path)
+    distilled = tiny_student(seed=1)
+    twin = evaluation.random_twin(distilled, params, seed=0)
+    assert twin.config.to_dict() == distilled.config.to_dict()
+    again = evaluation.random_twin(distilled, params, seed=0)
+    for (name, a), b in zip(twin.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    torch.manual_seed(0)
+    by_hand = STEPEncoder(distilled.config).eval()
+    by_hand.fit_kernel_components(kernel_component_sample(params))
+    torch.testing.assert_close(twin.kernel_component_axes, by_hand.kernel_component_axes)
+    assert not torch.allclose(twin.kernel_component_axes, distilled.kernel_component_axes)
 
 
 # Fine-tuning itself: tests/test_finetune.py.

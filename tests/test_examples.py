@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.project import TINY_STUDENT, write_project
+from tests.project import tiny_student, write_project
 
 EXAMPLES = ROOT / "examples"
 
@@ -41,17 +41,8 @@ def test_examples_answer_help_from_the_command_line():
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory):
     """A tiny random-weight STEP encoder saved as `distill` saves the trained one."""
-    import torch
-
-    from pipeline import STEPConfig, STEPEncoder
-
-    torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("encoder") / "step-student"
-    # Without the kernel activities: their 756 embedding numbers drown the 2-number level cue this folder's classes
-    # differ by, for any linear classifier on 20 files (measured: 0.55 accuracy with them, >= 0.8 without; the same
-    # dilution cost the generated probe tasks 0.09, docs/experiments.md). The example's workflow is what is tested.
-    STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT, structure_kernel_dilations=None)).save_pretrained(
-        directory)
+    tiny_student().save_pretrained(directory)
     return directory
 
 

@@ -17,10 +17,10 @@ from pipeline.distill.loader import pad_series
 from pipeline.evaluate import ProbeTask, task_score
 from pipeline.finetune import (BlockInputs, classifier_for, finetune, frozen_embeddings, predict, probe_head,
                                validation_fold)
-from pipeline.student import STEPConfig, STEPEncoder, STEPForClassification
+from pipeline.student import STEPEncoder, STEPForClassification
 from schemas.catalog import CatalogEntry
 from schemas.params import FinetuneParams
-from tests.project import TINY_STUDENT
+from tests.project import tiny_student
 
 ALPHAS = [0.1, 1.0, 10.0, 100.0]
 
@@ -51,8 +51,7 @@ def shapes_task(n: int = 48, channels: int = 1, seed: int = 0) -> ProbeTask:
 
 @pytest.fixture(scope="module")
 def encoder() -> STEPEncoder:
-    torch.manual_seed(0)
-    return STEPEncoder(STEPConfig.from_preset("cpu-small", **TINY_STUDENT)).eval()
+    return tiny_student()
 
 
 @pytest.mark.parametrize("channels", [1, 3])

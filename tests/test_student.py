@@ -296,15 +296,30 @@ def test_window_kernel_activity_is_the_ppv_of_each_kernel_inside_each_window():
         assert features[0, 0, token, 5].item() == pytest.approx(expected, abs=1e-6)
 
 
-def test_kernel_activity_enters_tokens_and_the_structure_embedding():
+def test_kernel_activity_enters_tokens_and_the_kernels_part_of_the_embedding():
+    """The kernel activities are token inputs and their own embedding part, `kernels` (mean, std, max over tokens
+    of the forward pass's kernel_activity); `structure` pools the lags and bands alone."""
     plain = tiny_model(structure_lags=2, structure_bands=0)
     with_kernels = tiny_model(structure_lags=2, structure_bands=0, structure_kernel_dilations=[1, 2])
     assert plain.kernel_embedding is None and with_kernels.kernel_embedding.in_features == 168
     series = [np.random.default_rng(0).normal(size=(1, 200)).astype(np.float32)]
     structure = with_kernels.embed(series, None, pooling="structure")
-    assert structure.shape == (1, 3 * (2 + 168)) == (1, 3 * with_kernels.config.fine_structure_width)
-    means = structure[0, : 2 + 168]  # the mean part: lags, then the kernels' PPV - 1/2, in [-1/2, 1/2]
-    assert np.all(np.abs(means[2:]) <= 0.5) and np.abs(means[2:]).max() > 0
+    assert structure.shape == (1, 3 * 2) == (1, 3 * with_kernels.config.fine_structure_width)
+    kernels = with_kernels.embed(series, None, pooling="kernels")
+    assert kernels.shape == (1, 3 * 168) == (1, 3 * with_kernels.config.kernel_activity_width)
+    with torch.no_grad():
+        out = with_kernels(torch.from_numpy(series[0])[None])
+    activity = out.kernel_activity[0, 0]  # (N, 168)
+    expected = torch.cat([activity.mean(0), activity.std(0, unbiased=False), activity.amax(0)])
+    np.testing.assert_allclose(kernels[0], expected.numpy(), atol=1e-5)
+    means = kernels[0, :168]  # the kernels' PPV - 1/2, in [-1/2, 1/2]
+    assert np.all(np.abs(means) <= 0.5) and np.abs(means).max() > 0
+    both = with_kernels.embed(series, None, pooling="structure+kernels")
+    np.testing.assert_allclose(both, np.concatenate([structure, kernels], axis=1), atol=1e-6)
+    with pytest.raises(ValueError, match="kernel activities"):
+        plain.embed(series, None, pooling="mean+kernels")
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="has 'kernels' but"):
+        STEPConfig(**TINY, embedding_pooling="mean+kernels")
     with pytest.raises((ValueError, StrictDataclassClassValidationError), match="structure_kernel_biases"):
         STEPConfig(**TINY, structure_kernel_dilations=[1], structure_kernel_biases=[0.0] * 10)
     with pytest.raises((ValueError, StrictDataclassClassValidationError), match="structure_kernel_dilations"):
@@ -324,7 +339,7 @@ def test_structure_lags_switch_and_bounds():
         STEPConfig(**{**TINY, "bands_per_octave": 0})
     with pytest.raises((ValueError, StrictDataclassClassValidationError), match="stats_compensation is off"):
         STEPConfig(**{**TINY, "stats_compensation": False})  # the default pooling appends statistics
-    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="no fine-structure inputs"):
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="no lag or band inputs"):
         STEPConfig(**{**TINY, "structure_bands": 0, "embedding_pooling": "mean+structure"})
 
 
@@ -547,9 +562,9 @@ def test_structure_pooling_reads_the_fine_structure_inputs(model):
     both = model.embed(series, pooling="mean+structure")
     np.testing.assert_allclose(both[:, 32:], structure, atol=1e-5)
     tokens, mask = torch.randn(1, 1, 4, 8), torch.ones(1, 4, dtype=torch.bool)
-    with pytest.raises(ValueError, match="needs the student's fine-structure inputs"):
+    with pytest.raises(ValueError, match="needs the student's lag and band inputs"):
         pool_embedding(tokens, mask, "mean+structure")
-    with pytest.raises(ValueError, match="needs the student's fine-structure inputs"):
+    with pytest.raises(ValueError, match="needs the student's lag and band inputs"):
         tiny_model(structure_bands=0).embed(series, pooling="structure")
 
 
@@ -676,3 +691,34 @@ def test_series_from_file(tmp_path):
     assert [(s.id, s.values.shape) for s in members] == [("a", (1, 5)), ("b", (2, 7))]
     with pytest.raises(ValueError, match="expected a .npy or .npz file"):
         list(series_from_file(tmp_path / "x.csv"))
+
+
+def test_kernel_components_project_the_kernels_part_on_corpus_principal_axes(tmp_path):
+    """kernel_components M: the `kernels` part is the pooled activities, standardised over the fitting sample and
+    projected on their M leading principal axes (numpy's SVD of the same numbers); refused before it is fitted;
+    saved and loaded with the weights; a width beyond the activities is refused by name."""
+    model = tiny_model(structure_lags=2, structure_bands=0, structure_kernel_dilations=[1, 2], kernel_components=3,
+                       embedding_pooling="mean+kernels")
+    rng = np.random.default_rng(5)
+    series = [rng.standard_normal((1, int(n))).astype(np.float32) for n in rng.integers(100, 600, size=12)]
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.embed(series[:2])
+    model.fit_kernel_components(series)
+    raw = model.embed(series, pooling="kernels", raw_kernels=True).astype(np.float64)  # (12, 3 x 168)
+    assert raw.shape == (12, 3 * 168)
+    mean, scale = raw.mean(0), np.where(raw.std(0) > 0, raw.std(0), 1.0)
+    _, singular, axes = np.linalg.svd((raw - mean) / scale, full_matrices=False)
+    projected = model.embed(series, pooling="kernels")
+    assert projected.shape == (12, 3)
+    expected = (raw - mean) / scale @ axes[:3].T
+    np.testing.assert_allclose(np.abs(projected), np.abs(expected), atol=1e-3)  # up to each axis' sign
+    np.testing.assert_allclose(projected.std(0), singular[:3] / np.sqrt(12), rtol=1e-3)  # the leading variances
+    embedding = model.embed(series)  # mean + kernels: the token mean, then the 3 components
+    np.testing.assert_allclose(embedding[:, -3:], projected, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    loaded = STEPEncoder.from_pretrained(tmp_path).eval()
+    np.testing.assert_allclose(loaded.embed(series), embedding, atol=1e-6)
+    with pytest.raises(ValueError, match="kernel_components 0"):
+        tiny_model(structure_kernel_dilations=[1]).fit_kernel_components(series)
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="kernel_components"):
+        STEPConfig(**TINY, structure_kernel_dilations=[1], kernel_components=3 * 84 + 1)

@@ -179,9 +179,9 @@ class DistillationObjective(nn.Module):
         inputs (in natural-log units), averaged over valid tokens and channels: the student must keep what its
         input said about each scale, including what no teacher asks for."""
         prediction = self.heads.structure_head(out.last_hidden_state)  # (B, C, N, J + K)
-        # the lag and band log powers only (undoing the input's 1/8); the fixed-kernel activities after them are not
-        # asked back: 84 D proportions would outweigh the J + K powers the loss is for
-        target = out.fine_structure.detach()[..., : prediction.shape[-1]] * 8  # (B, C, N, J + K)
+        # the lag and band log powers (undoing the input's 1/8); the fixed-kernel activities are not asked back:
+        # 84 D proportions would outweigh the J + K powers the loss is for
+        target = out.fine_structure.detach() * 8  # (B, C, N, J + K)
         mask = out.token_mask[:, None, :].expand(-1, target.shape[1], -1).flatten(0, 1)  # (B C, N)
         return token_loss(prediction.flatten(0, 1), target.flatten(0, 1), mask, 0.0, 1.0, self.beta)
 

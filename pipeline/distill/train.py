@@ -185,6 +185,19 @@ def kernel_biases_from_corpus(params: Params, student_config: STEPConfig) -> lis
     return fit_corpus_biases(spec, sample)
 
 
+KERNEL_COMPONENT_SERIES = 512  # corpus segments the `kernels` part's principal components are fitted on
+
+
+def kernel_component_sample(params: Params) -> list[np.ndarray]:
+    """The fixed sample of pretraining segments that every student's kernel components are fitted on (the distilled
+    student at the end of distillation, its random-weight twins in evaluation and fine-tuning)."""
+    from data_catalog.catalog import load_catalog
+    from pipeline.minirocket import corpus_sample
+
+    return corpus_sample(load_catalog(params.prepare.catalog), params.prepare.series_store,
+                         params.segments.max_samples, KERNEL_COMPONENT_SERIES, "the student's kernel components")
+
+
 def student_and_objective(params: Params, config, stores: dict[str, FeatureStore], device: torch.device):
     """A fresh student (params.student) with one head per teacher store, the objective and AdamW over both:
     (model, heads, objective, optimizer). `config` is params.distill, possibly with max_steps overridden."""
@@ -310,6 +323,11 @@ def _train(params: Params, config, resume: bool, rank: int, world_size: int, dev
 
     # ---- outputs: the encoder in Hugging Face format, a model card, metrics and plots
     output = Path(config.output_dir)
+    if model.config.kernel_components:  # fixed, fitted on the trained model's own tokens (its learned strides)
+        sample = kernel_component_sample(params)
+        log.info("student: fitting %d kernel components on %d corpus segments", model.config.kernel_components,
+                 len(sample))
+        model.fit_kernel_components(sample)
     model.save_pretrained(output)
     metrics = write_reports(Path(config.reports_dir) / "distill", history, teachers, wall, seen)
     write_model_card(output, params, stores, names, metrics)

@@ -24,7 +24,8 @@ def embedding_width(config: STEPConfig, pooling: str) -> int:
         return config.hidden_size
     token_width = config.embedding_size or config.hidden_size
     widths = {"mean": token_width, "std": token_width, "max": token_width, "stats": 2,
-              "structure": 3 * config.fine_structure_width}
+              "structure": 3 * config.fine_structure_width,
+              "kernels": config.kernel_components or 3 * config.kernel_activity_width}
     return sum(widths[part] for part in check_pooling(pooling))
 
 
@@ -90,16 +91,18 @@ class STEPForClassification(PreTrainedModel):
         if self.pooling == "pooled":
             return out.pooled, out.patching_loss
         vectors = pool_embedding(self.step.embedding_tokens(out.last_hidden_state), out.token_mask, self.pooling,
-                                 keep_channels, out.statistics, out.fine_structure)
+                                 keep_channels, out.statistics, out.fine_structure, out.kernel_activity,
+                                 self.kernel_projection())
         return vectors, out.patching_loss
 
     @torch.no_grad()
     def block_inputs(self, values: torch.Tensor, lengths: torch.Tensor | None = None,
                      sampling_rate: float | torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
         """Per series, what the Transformer blocks and the pooling read: `tokens` (C, N, D) the input of the first
-        block, `statistics` (C, 2), `fine_structure` (C, N, J + K); N the series' own token count. They depend only
-        on the weights before the blocks (patching, front end, input embeddings), so when those stay frozen they
-        are computed once and `embedding_from_block_inputs` gives the embedding at the cost of the blocks alone."""
+        block, `statistics` (C, 2), `fine_structure` (C, N, J + K), `kernel_activity` (C, N, 84 D); N the series'
+        own token count. They depend only on the weights before the blocks (patching, front end, input
+        embeddings), so when those stay frozen they are computed once and `embedding_from_block_inputs` gives the
+        embedding at the cost of the blocks alone."""
         captured = {}
         hook = self.step.blocks[0].register_forward_pre_hook(lambda _, args: captured.update(tokens=args[0]))
         try:
@@ -110,12 +113,15 @@ class STEPForClassification(PreTrainedModel):
         for b, count in enumerate(out.num_tokens.tolist()):
             items.append({"tokens": captured["tokens"][b, :, :count],
                           "statistics": None if out.statistics is None else out.statistics[b],
-                          "fine_structure": None if out.fine_structure is None else out.fine_structure[b, :, :count]})
+                          "fine_structure": None if out.fine_structure is None else out.fine_structure[b, :, :count],
+                          "kernel_activity": (None if out.kernel_activity is None
+                                              else out.kernel_activity[b, :, :count])})
         return items
 
     def embedding_from_block_inputs(self, tokens: torch.Tensor, token_mask: torch.Tensor,
                                     statistics: torch.Tensor | None = None,
-                                    fine_structure: torch.Tensor | None = None) -> torch.Tensor:
+                                    fine_structure: torch.Tensor | None = None,
+                                    kernel_activity: torch.Tensor | None = None) -> torch.Tensor:
         """(B, width) embeddings from a padded batch of `block_inputs` (tokens (B, C, N, D), token_mask (B, N)):
         the blocks, final LayerNorm and pooling of STEPEncoder.forward and embed(), differentiable."""
         hidden = tokens
@@ -125,7 +131,11 @@ class STEPForClassification(PreTrainedModel):
         if self.pooling == "pooled":
             return self.step.pooled_norm(hidden.sum(dim=(1, 2)) / (token_mask.sum(dim=1) * hidden.shape[1])[:, None])
         return pool_embedding(self.step.embedding_tokens(hidden), token_mask, self.pooling, self.montage_channels > 0,
-                              statistics, fine_structure)
+                              statistics, fine_structure, kernel_activity, self.kernel_projection())
+
+    def kernel_projection(self):
+        """The encoder's projection of the `kernels` part, where this head's pooling has that part."""
+        return self.step.kernel_projection() if "kernels" in self.pooling.split("+") else None
 
     def head(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, width) embeddings -> (B, num_labels) logits: standardise with the fixed buffers, then Linear."""

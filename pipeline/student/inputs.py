@@ -1,6 +1,8 @@
-"""What `STEPEncoder.embed()` accepts: each user series checked (errors name it) and series batched by length."""
+"""What the STEP encoder accepts: forward()'s tensors checked, each user series of embed() checked (errors name it)
+and series batched by length."""
 
 import numpy as np
+import torch
 
 
 def validate_series(name: int | str, series: np.ndarray) -> np.ndarray:
@@ -45,3 +47,25 @@ def length_batches(shapes: list[tuple[int, int]], batch_size: int, max_batch_sam
                 continue
         batches.append([i])
     return batches
+
+
+def check_inputs(
+    values: torch.Tensor, lengths: torch.Tensor | None, num_tokens: torch.Tensor | None
+) -> tuple[int, int, int]:
+    """Shapes and ranges of forward()'s arguments, with errors that say which argument is wrong."""
+    if values.ndim != 3:
+        raise ValueError(f"values must be (batch, channels, time), got shape {tuple(values.shape)}")
+    batch, channels, time = values.shape
+    if channels < 1 or time < 1:
+        raise ValueError(f"values must have at least one channel and one sample, got shape {tuple(values.shape)}")
+    if lengths is not None:
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must be ({batch},), got shape {tuple(lengths.shape)}")
+        if int(lengths.min()) < 1 or int(lengths.max()) > time:
+            raise ValueError(f"lengths must lie in [1, {time}], got {lengths.tolist()}")
+    if num_tokens is not None:
+        if num_tokens.shape != (batch,):
+            raise ValueError(f"num_tokens must be ({batch},), got shape {tuple(num_tokens.shape)}")
+        if int(num_tokens.min()) < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {num_tokens.tolist()}")
+    return batch, channels, time

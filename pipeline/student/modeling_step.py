@@ -15,6 +15,8 @@ Data flow for a batch of B series with C channels, padded on the right to T samp
       -> + sinusoidal positions along time
       -> blocks: attention along time, attention along channels (axial), GELU MLP; pre-LayerNorm   (B, C, N, D)
       -> final LayerNorm = last_hidden_state; mean over valid tokens and channels, LayerNorm = pooled  (B, D)
+    embed(): per channel, mean/std/max over tokens of Linear(D, E)(last_hidden_state), the statistics, the pooled
+      lag and band inputs and the pooled kernel activities on M corpus principal components; channels averaged
 
 Outside a declared montage nothing has a per-channel-index parameter, so the same weights take 1 or 58 channels.
 Padding never enters a result: statistics, windows, attention and pooling all use each series' own length, so a
@@ -37,8 +39,8 @@ from transformers.utils import ModelOutput
 
 from pipeline.student.configuration_step import STEPConfig
 from pipeline.student.fine_structure import window_band_powers, window_kernel_activity, window_structure
-from pipeline.student.inputs import length_batches, validate_series
-from pipeline.student.pooling import check_pooling, pool_embedding
+from pipeline.student.inputs import check_inputs, length_batches, validate_series
+from pipeline.student.pooling import check_pooling, pool_embedding, principal_axes
 
 
 @dataclass
@@ -52,9 +54,10 @@ class STEPEncoderOutput(ModelOutput):
     patching_loss: () weighted Huber penalties of the adaptive stride (0 when N is forced or patching is fixed).
     strides: (batch,) stride S in samples that was used.
     num_tokens: (batch,) number of valid tokens N.
-    fine_structure: (batch, channels, tokens, J + K + 84 D) each token's lag increments, band powers and kernel
-        activities, the inputs `window_structure`, `window_band_powers` and `window_kernel_activity` computed (None
-        when all are off).
+    fine_structure: (batch, channels, tokens, J + K) each token's lag increments and band powers, the inputs
+        `window_structure` and `window_band_powers` computed (None when both are off).
+    kernel_activity: (batch, channels, tokens, 84 D) each token's fixed-kernel activities, the input
+        `window_kernel_activity` computed (None when off).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -65,6 +68,7 @@ class STEPEncoderOutput(ModelOutput):
     strides: torch.Tensor | None = None
     num_tokens: torch.Tensor | None = None
     fine_structure: torch.Tensor | None = None
+    kernel_activity: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -359,6 +363,14 @@ class STEPEncoder(PreTrainedModel):
         # Linear(D, E): the numbers per token that the embedding's mean/std/max parts pool (embedding_size > 0)
         self.embedding_projection = (nn.Linear(config.hidden_size, config.embedding_size) if config.embedding_size
                                      else None)
+        # the embedding's `kernels` part on M corpus principal components (kernel_components > 0): mean and scale
+        # (3 x 84 D,) and components (M, 3 x 84 D) of the pooled kernel activities; fixed (fit_kernel_components),
+        # saved with the weights; a zero scale means not fitted yet
+        if config.kernel_components:
+            width = 3 * config.kernel_activity_width
+            self.register_buffer("kernel_component_mean", torch.zeros(width))
+            self.register_buffer("kernel_component_scale", torch.zeros(width))
+            self.register_buffer("kernel_component_axes", torch.zeros(config.kernel_components, width))
         self.post_init()
 
     def _init_weights(self, module: nn.Module):
@@ -452,8 +464,8 @@ class STEPEncoder(PreTrainedModel):
             hidden = hidden + self.band_embedding(bands)  # (B, C, N, D)
         if kernels is not None:
             hidden = hidden + self.kernel_embedding(kernels)  # (B, C, N, D)
-        fine_structure = [f for f in (structure, bands, kernels) if f is not None]
-        fine_structure = torch.cat(fine_structure, dim=-1) if fine_structure else None  # (B, C, N, J + K + 84 D)
+        fine_structure = [f for f in (structure, bands) if f is not None]
+        fine_structure = torch.cat(fine_structure, dim=-1) if fine_structure else None  # (B, C, N, J + K)
         if statistics is not None:
             hidden = hidden + self.statistics_embedding(statistics)[:, :, None, :]  # (B, C, 1, D) broadcast
         if fixed_montage and self.channel_embedding is not None:
@@ -481,6 +493,7 @@ class STEPEncoder(PreTrainedModel):
             strides=strides.float(),
             num_tokens=num_tokens,
             fine_structure=fine_structure,
+            kernel_activity=kernels,
         )
 
     def embedding_tokens(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
@@ -489,6 +502,30 @@ class STEPEncoder(PreTrainedModel):
         if self.embedding_projection is None:
             return last_hidden_state
         return self.embedding_projection(last_hidden_state)
+
+    def kernel_projection(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(mean, scale, axes) that map the pooled kernel activities onto their corpus principal components, or
+        None when the `kernels` part is raw (kernel_components 0)."""
+        if not self.config.kernel_components:
+            return None
+        if not bool(self.kernel_component_scale.any()):
+            raise RuntimeError("this model's kernel components are not fitted: call fit_kernel_components on a sample "
+                               "of the pretraining corpus first (distillation does, and saves them)")
+        return self.kernel_component_mean, self.kernel_component_scale, self.kernel_component_axes
+
+    @torch.no_grad()
+    def fit_kernel_components(self, series: Sequence[np.ndarray], batch_size: int = 16) -> None:
+        """Fit the `kernels` part's projection (kernel_components > 0) on a sample of the pretraining corpus: the
+        pooled kernel activities (mean, std, max over tokens: 3 x 84 D numbers per series, channels averaged, the
+        series taken as of unknown rate) are standardised and their M leading principal components kept (signs
+        fixed so the largest loading of each is positive)."""
+        if not self.config.kernel_components:
+            raise ValueError("fit_kernel_components: this model has kernel_components 0 (raw kernel activities)")
+        raw = self.embed(series, None, batch_size=batch_size, pooling="kernels", raw_kernels=True)  # (n, 3 x 84 D)
+        projection = principal_axes(raw.astype(np.float64), self.config.kernel_components)
+        for buffer, value in zip((self.kernel_component_mean, self.kernel_component_scale,
+                                  self.kernel_component_axes), projection):
+            buffer.copy_(torch.from_numpy(value).to(buffer.dtype))
 
     @torch.inference_mode()
     def embed(
@@ -499,6 +536,7 @@ class STEPEncoder(PreTrainedModel):
         max_batch_samples: int = 2**24,
         pooling: str | None = None,
         keep_channels: bool = False,
+        raw_kernels: bool = False,
     ) -> np.ndarray:
         """Embeddings (n, dim) float32, in input order, of arrays shaped (time,) or (channels, time).
 
@@ -506,7 +544,8 @@ class STEPEncoder(PreTrainedModel):
         forward pass's LayerNorm(mean) vector (hidden,); or '+'-joined parts of `pool_embedding` (mean, std, max,
         stats, structure) over the final tokens. keep_channels: the series share a fixed montage, so channels get
         their identities (if the model has them) and per-channel vectors are concatenated in channel order instead
-        of averaged; all series must then have the same channel count.
+        of averaged; all series must then have the same channel count. raw_kernels: the `kernels` part as the
+        3 x 84 D pooled activities even where the model projects them (kernel_components; what its fit reads).
 
         Series are grouped by channel count and by length (within a factor 2, so padding at most doubles the
         work), at most `batch_size` series and `max_batch_samples` padded values per batch (a longer series goes
@@ -524,6 +563,7 @@ class STEPEncoder(PreTrainedModel):
         if len(rates) != len(arrays):
             raise ValueError(f"sampling_rate has {len(rates)} entries for {len(arrays)} series")
         embeddings: np.ndarray | None = None
+        projection = None if raw_kernels or "kernels" not in pooling.split("+") else self.kernel_projection()
 
         was_training = self.training
         self.eval()
@@ -541,37 +581,11 @@ class STEPEncoder(PreTrainedModel):
                     vectors = out.pooled
                 else:
                     vectors = pool_embedding(self.embedding_tokens(out.last_hidden_state), out.token_mask, pooling,
-                                             keep_channels, out.statistics, out.fine_structure)
+                                             keep_channels, out.statistics, out.fine_structure,
+                                             out.kernel_activity, projection)
                 if embeddings is None:
                     embeddings = np.zeros((len(arrays), vectors.shape[1]), dtype=np.float32)
                 embeddings[batch] = vectors.float().cpu().numpy()
         finally:
             self.train(was_training)
         return embeddings if embeddings is not None else np.zeros((0, self.config.hidden_size), np.float32)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Input checks and batching
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def check_inputs(
-    values: torch.Tensor, lengths: torch.Tensor | None, num_tokens: torch.Tensor | None
-) -> tuple[int, int, int]:
-    """Shapes and ranges of forward()'s arguments, with errors that say which argument is wrong."""
-    if values.ndim != 3:
-        raise ValueError(f"values must be (batch, channels, time), got shape {tuple(values.shape)}")
-    batch, channels, time = values.shape
-    if channels < 1 or time < 1:
-        raise ValueError(f"values must have at least one channel and one sample, got shape {tuple(values.shape)}")
-    if lengths is not None:
-        if lengths.shape != (batch,):
-            raise ValueError(f"lengths must be ({batch},), got shape {tuple(lengths.shape)}")
-        if int(lengths.min()) < 1 or int(lengths.max()) > time:
-            raise ValueError(f"lengths must lie in [1, {time}], got {lengths.tolist()}")
-    if num_tokens is not None:
-        if num_tokens.shape != (batch,):
-            raise ValueError(f"num_tokens must be ({batch},), got shape {tuple(num_tokens.shape)}")
-        if int(num_tokens.min()) < 1:
-            raise ValueError(f"num_tokens must be >= 1, got {num_tokens.tolist()}")
-    return batch, channels, time
