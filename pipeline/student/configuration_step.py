@@ -242,8 +242,8 @@ PRESETS: dict[str, dict] = {
     # 0.31M parameters. MiniRocket kernel activities at dilations 1, 4, 16 as fixed fine-structure inputs: real sets
     # +0.020 (visible, not resolved), PLAID 0.765 -> 0.829 (docs/experiments.md, "Knowledge that carries"). In the
     # embedding as 16 corpus principal components of their pooled numbers, not all 756, beside 3 x 64 learned
-    # numbers: screened on one trained student, generated tasks +0.079 and real sets -0.002 against the 756 raw
-    # numbers beside 3 x 32 (docs/experiments.md, "The kernel activities in the embedding").
+    # numbers (with the minirocket teacher): over seeds, generated tasks +0.079 and real sets -0.009 against the 756
+    # raw numbers beside 3 x 32 (docs/experiments.md, "The kernel activities in the embedding").
     # Hidden 64: on the probe table, width 64 matched width 128 on the real sets and gave +0.01 on the generated tasks
     # in two seeds at about half the training cost; 192 and 6 blocks were worse. Embedding size 64: with the
     # minirocket teacher and the kernel activities out of the embedding, 32 / 64 / 128 gave 0.605 / 0.599 / 0.561
