@@ -74,6 +74,11 @@ def convolve(x: torch.Tensor, dilation: int, stride: int = 1) -> torch.Tensor:
     return F.conv1d(x[:, None, :], KERNELS.to(x.device), padding=4 * dilation, dilation=dilation, stride=stride)
 
 
+def convolve_each(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """(n, 84, L) -> (n, 84, L): kernel k on row k only (a grouped convolution), padded as `convolve`."""
+    return F.conv1d(x, KERNELS.to(x.device), padding=4 * dilation, dilation=dilation, groups=NUM_KERNELS)
+
+
 def proportion_above(outputs: torch.Tensor, biases: torch.Tensor) -> torch.Tensor:
     """PPV: (n, k, L) outputs, (k, F) biases -> (n, k, F) fraction of the L positions above each bias.
 
@@ -133,8 +138,7 @@ class MiniRocket:
             mixed = examples[:, 0]  # (84, L)
         else:  # the convolution is linear: summing the channels first is summing their outputs
             mixed = torch.einsum("kcl,kc->kl", examples, torch.from_numpy(self.channel_masks[d]))  # (84, L)
-        return F.conv1d(mixed[None], KERNELS, padding=4 * int(dilation), dilation=int(dilation),
-                        groups=NUM_KERNELS)[0]  # (84, L)
+        return convolve_each(mixed[None], int(dilation))[0]  # (84, L)
 
     def _outputs(self, x: torch.Tensor, d: int, dilation: int) -> torch.Tensor:
         """(n, C, L) -> (n, 84, L): each kernel's convolution summed over its channel subset at dilation index d."""
@@ -143,7 +147,7 @@ class MiniRocket:
             return convolve(x[:, 0], int(dilation))
         # the convolution is linear: each kernel convolves the sum of its channels (84 convolutions, not 84 C)
         mixed = torch.einsum("ncl,kc->nkl", x, torch.from_numpy(self.channel_masks[d]))  # (n, 84, L)
-        return F.conv1d(mixed, KERNELS, padding=4 * int(dilation), dilation=int(dilation), groups=NUM_KERNELS)
+        return convolve_each(mixed, int(dilation))
 
     @torch.no_grad()
     def transform(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:

@@ -92,7 +92,7 @@ class STEPForClassification(PreTrainedModel):
             return out.pooled, out.patching_loss
         vectors = pool_embedding(self.step.embedding_tokens(out.last_hidden_state), out.token_mask, self.pooling,
                                  keep_channels, out.statistics, out.fine_structure, out.kernel_activity,
-                                 self.kernel_projection())
+                                 self.step.kernel_projection(self.pooling))
         return vectors, out.patching_loss
 
     @torch.no_grad()
@@ -131,11 +131,8 @@ class STEPForClassification(PreTrainedModel):
         if self.pooling == "pooled":
             return self.step.pooled_norm(hidden.sum(dim=(1, 2)) / (token_mask.sum(dim=1) * hidden.shape[1])[:, None])
         return pool_embedding(self.step.embedding_tokens(hidden), token_mask, self.pooling, self.montage_channels > 0,
-                              statistics, fine_structure, kernel_activity, self.kernel_projection())
-
-    def kernel_projection(self):
-        """The encoder's projection of the `kernels` part, where this head's pooling has that part."""
-        return self.step.kernel_projection() if "kernels" in self.pooling.split("+") else None
+                              statistics, fine_structure, kernel_activity,
+                              self.step.kernel_projection(self.pooling))
 
     def head(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, width) embeddings -> (B, num_labels) logits: standardise with the fixed buffers, then Linear."""

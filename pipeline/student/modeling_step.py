@@ -503,10 +503,10 @@ class STEPEncoder(PreTrainedModel):
             return last_hidden_state
         return self.embedding_projection(last_hidden_state)
 
-    def kernel_projection(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def kernel_projection(self, pooling: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(mean, scale, axes) that map the pooled kernel activities onto their corpus principal components, or
-        None when the `kernels` part is raw (kernel_components 0)."""
-        if not self.config.kernel_components:
+        None where `pooling` has no `kernels` part or it is raw (kernel_components 0)."""
+        if not self.config.kernel_components or "kernels" not in pooling.split("+"):
             return None
         if not bool(self.kernel_component_scale.any()):
             raise RuntimeError("this model's kernel components are not fitted: call fit_kernel_components on a sample "
@@ -563,7 +563,7 @@ class STEPEncoder(PreTrainedModel):
         if len(rates) != len(arrays):
             raise ValueError(f"sampling_rate has {len(rates)} entries for {len(arrays)} series")
         embeddings: np.ndarray | None = None
-        projection = None if raw_kernels or "kernels" not in pooling.split("+") else self.kernel_projection()
+        projection = None if raw_kernels else self.kernel_projection(pooling)
 
         was_training = self.training
         self.eval()
