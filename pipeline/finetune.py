@@ -21,14 +21,14 @@ Out-of-Distribution"), per model, task and split:
 4. Selection: the task's metric on the validation fold at step 0 and at `evaluations` evenly spaced steps; the
    best step wins, ties going to the earlier one, and a fine-tuned step only if it beats step 0 (pure LP) by
    `min_gain`: a fine-tuned model is trained on the fold only and picked among several by the same small fold,
-   so a small validation gain mostly turns into a test loss (measured, README). With fewer than
+   so a small validation gain mostly turns into a test loss (measured, docs/finetuning.md). With fewer than
    `min_validation` series in the validation fold, FT is not run at all and the probe is kept: on 10 and 15
-   validation series one series moves the metric by about `min_gain` (measured: README).
+   validation series one series moves the metric by about `min_gain` (measured: docs/finetuning.md).
 5. What the test split scores: if step 0 won, the probe refit on the whole train split (a ridge solve: the
    frozen probe itself, so the fold's series are not wasted); if a step s > 0 won, the fine-tuned model as
    validated, trained on the train fold only. Refitting FT on the whole split to step s (`finetune(...,
    val_rows=None, steps=, stop_at=)`) was measured and dropped: the refit trajectory is never validated, and on
-   the random-weight student it once fell from the probe's 0.80 to 0.41 binary F1 (gwosc_like, README).
+   the random-weight student it once fell from the probe's 0.80 to 0.41 binary F1 (gwosc_like, docs/finetuning.md).
 
 Scores are kept in ProbeResults (the probe table's code): means with the corrected resampled t intervals, and
 paired differences of finetune-distilled against finetune-scratch and against the frozen probes on the same splits

@@ -1,6 +1,6 @@
 """params.yaml: one section per stage. These models are the single source of truth for defaults and docs.
 
-`step-pipeline <stage> --help` and README's parameter tables are generated from the field descriptions here.
+`step-pipeline <stage> --help` is generated from the field descriptions here.
 """
 
 from pathlib import Path
@@ -183,7 +183,7 @@ class DistillParams(Section):
         "averages). Bounds a step's activations by batch_size x max_channels series; validation sees every channel. "
         "None: all channels. Not with a student that has channel identities (montage_channels). 4 (default): probe "
         "scores and validation loss within run-to-run spread of all channels, 1.6x the segments/s, half the peak "
-        "memory (README).",
+        "memory (docs/experiments.md).",
     )
     max_steps: int = Field(1200, ge=1, description="Optimisation steps (1200 fit the 20-minute default on 2 cores).")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
@@ -243,8 +243,9 @@ class FinetuneParams(Section):
     """The paper's protocol, done as LP-FT (pipeline/finetune.py): a linear probe's head first, then the encoder
     fine-tuned end to end; the distilled student against the same architecture from random weights.
 
-    The default is sized for `dvc repro` (4 splits, ~5 minutes on 2 CPU cores); the `long` setting of the
-    README (splits: 10, evaluate's splits) gives the probe table's intervals; `tune: all` fine-tunes end to end.
+    The default is sized for `dvc repro` (4 splits, ~5 minutes on 2 CPU cores); the `long` setting of
+    docs/finetuning.md (splits: 10, evaluate's splits) gives the probe table's intervals; `tune: all` fine-tunes end
+    to end.
     """
 
     datasets: list[str] | None = Field(None, description="Probe tasks (default: every probe data set).")
@@ -261,7 +262,8 @@ class FinetuneParams(Section):
                            "decay to 0).")
     encoder_lr: float = Field(1e-5, ge=0, description="Peak AdamW learning rate of the encoder: 100 times below "
                               "the head's, so the pretrained features move little (LP-FT): at 1e-4 the validation "
-                              "score of the probe's head fell by half in the first 10 steps (README); 0 freezes it.")
+                              "score of the probe's head fell by half in the first 10 steps (docs/finetuning.md); "
+                              "0 freezes it.")
     tune: Literal["blocks", "all"] = Field(
         "blocks", description="Which encoder weights FT trains: `blocks` = the Transformer blocks, final LayerNorms "
         "and embedding projection, with the patching, fine structure and front end frozen, so their outputs are "
@@ -276,10 +278,10 @@ class FinetuneParams(Section):
                              "(the linear probe's head on the frozen encoder) is always one of the candidates.")
     min_gain: float = Field(0.1, ge=0, description="A fine-tuned step is chosen only if it beats step 0 (the "
                             "probe) by this much of the task's metric on the validation fold: trained on the fold only "
-                            "and picked by it, gains of 0.03-0.08 there turned into test losses (README).")
+                            "and picked by it, gains of 0.03-0.08 there turned into test losses (docs/finetuning.md).")
     min_validation: int = Field(30, ge=1, description="Fewest validation series for FT to run: on a smaller fold "
                                 "one series moves the metric by about min_gain, so the probe is kept (on 10 and 15 "
-                                "validation series the chosen steps lost 0.03-0.10 on test, README).")
+                                "validation series the chosen steps lost 0.03-0.10 on test, docs/finetuning.md).")
     seed: int = Field(0, description="Seed of the validation folds, the scratch model's initialisation and the "
                       "batches.")
     save_dir: str | None = Field(None, description="If set, the fine-tuned distilled model of split 0 of every task "

@@ -56,7 +56,7 @@ class STEPConfig(PreTrainedConfig):
             ..., 2^(J - 1) samples (a coarse octave spectrum of what resampling to P points averages away: the
             content faster than about 2 beta S / P samples). 0 = off, the paper's tokens (and the default, so
             that models saved without the field load as they were); the cpu-small preset uses 8 (lags up to 128
-            samples; README, "Fine structure", gives what it measured).
+            samples; docs/design.md, "Fine structure", gives what it measured).
         structure_bands: K; every token also gets its window's log power in K bands of frequency (octaves 0.25-0.5,
             0.125-0.25, ... cycles per sample, or finer: bands_per_octave), from the periodogram of the window: where
             along the spectrum an event sits, which the lag increments (high-pass measures) leave tangled with the
@@ -65,8 +65,8 @@ class STEPConfig(PreTrainedConfig):
         bands_per_octave: how finely `structure_bands` split the spectrum: 1 = octaves (the default, and
             cpu-small's), 3 = third octaves (K = 24 then spans 8 octaves), which place a call's pitch or a chirp's
             track within its octave, as a spectrogram teacher does. Not the default: measured in five runs, thirds
-            gave +0.026 generated mean F1 and -0.013 on the real sets, on average (README, "What each change
-            measured"), and the real sets are judged first.
+            gave +0.026 generated mean F1 and -0.013 on the real sets, on average (docs/experiments.md, "What
+            each change measured"), and the real sets are judged first.
         structure_kernel_dilations: D dilations (samples) of MiniRocket's 84 fixed kernels (length 9, weights -1
             and 2 at three positions; pipeline/minirocket.py): every token also gets, per kernel and
             dilation, the proportion of its window's positions where the kernel's output on the normalised signal
@@ -114,8 +114,9 @@ class STEPConfig(PreTrainedConfig):
         embedding_size: E > 0 maps each final token through a Linear(hidden, E) before the mean, std and max parts
             pool it, so the embedding's learned part is 3 E numbers instead of 3 hidden; distillation trains the
             map through the summary loss (the summary heads read the pooled E-wide tokens). A ridge probe fitted
-            on 75-200 series reads a few informative dimensions better than many (README, "What each change
-            measured"). 0 = off (the class default): the final tokens themselves are pooled. cpu-small uses 32.
+            on 75-200 series reads a few informative dimensions better than many (docs/experiments.md, "What each
+            change measured"). 0 = off (the class default): the final tokens themselves are pooled. cpu-small uses
+            64.
     """
 
     model_type = "step"
