@@ -240,8 +240,9 @@ def finetune(start: STEPForClassification, task: ProbeTask, fit_rows: np.ndarray
              steps: int | None = None, stop_at: int | None = None) -> FinetuneRun:
     """FT of a copy of `start` (encoder + LP head) on `fit_rows` over a schedule of `steps` (default: the budget
     of `fit_rows`). With `val_rows`: returns the model of the step that scored best on them (step 0 = `start`
-    itself; a later step only if it beats step 0 by `config.min_gain`), ties going to the earlier step. Without: trains to `stop_at` (default `steps`) and returns that.
-    With `cache` (the block inputs of `start`'s encoder), `config.tune` must be `blocks`."""
+    itself; a later step only if it beats step 0 by `config.min_gain`), ties going to the earlier step. Without:
+    trains to `stop_at` (default `steps`) and returns that. With `cache` (the block inputs of `start`'s encoder),
+    `config.tune` must be `blocks`."""
     if cache is not None and config.tune != "blocks":
         raise ValueError(f"finetune.tune {config.tune!r}: block inputs can be cached only when the layers before "
                          "the blocks are frozen (tune: blocks)")

@@ -352,8 +352,8 @@ class STEPEncoder(PreTrainedModel):
         self.band_embedding = (nn.Linear(config.structure_bands, config.hidden_size) if config.structure_bands
                                else None)
         # Linear(84 D, D) on each token's fixed-kernel activities (window_kernel_activity), added likewise
-        kernels = 84 * len(config.structure_kernel_dilations or [])
-        self.kernel_embedding = nn.Linear(kernels, config.hidden_size) if kernels else None
+        self.kernel_embedding = (nn.Linear(config.kernel_activity_width, config.hidden_size)
+                                 if config.kernel_activity_width else None)
         # one learned vector per channel index of a fixed montage, added to every token of that channel
         self.channel_embedding = (nn.Embedding(config.montage_channels, config.hidden_size)
                                   if config.montage_channels else None)
